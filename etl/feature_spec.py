@@ -1,0 +1,122 @@
+"""The feature spec: the JSON contract between the ETL (writer) and the trainer (reader).
+
+`build_sequences.py` writes `ROOT/feature_spec.json` next to the Delta tables; the trainer builds
+its TorchRec tables and length limits from it and refuses a spec it does not understand. Pure
+Python (no Spark) so the trainer can import it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+SPEC_FILE = "feature_spec.json"
+SPEC_VERSION = 1
+
+
+class FeatureSpecError(ValueError):
+    """The spec file is missing, malformed or inconsistent with what the reader expects."""
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Counts for one split; positive_rate = positives / samples."""
+
+    dates: tuple[str, ...]
+    requests: int
+    samples: int
+    positives: int
+
+    @property
+    def positive_rate(self) -> float:
+        return self.positives / self.samples if self.samples else 0.0
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Args:
+    source: "taobao" or "feed".
+    protocol: sample protocol name (see etl/protocols.py).
+    behaviors: behavior names; behavior code i + 1 means behaviors[i] (0 is never used).
+    num_users / num_items / num_categories: distinct ids in the cleaned events.
+    max_item_id / max_category_id: largest raw id, for sizing id-indexed tables.
+    max_len: longest lifelong history a request carries; short_len: the short-term window.
+    top_categories: k of the profile's most-interacted categories (authors for feed data).
+    dense_features: names of the columns of Batch.dense_features, in order.
+    demographics: profile field -> cardinality (codes 0..cardinality-1); empty for Taobao.
+    time_gap_buckets / watch_time_buckets: sizes of the log2-bucket vocabularies.
+    splits: "train"/"test" -> SplitStats.
+    tables: logical table name -> path relative to the spec's directory.
+    """
+
+    source: str
+    protocol: str
+    behaviors: tuple[str, ...]
+    num_users: int
+    num_items: int
+    num_categories: int
+    max_item_id: int
+    max_category_id: int
+    max_len: int
+    short_len: int
+    top_categories: int
+    dense_features: tuple[str, ...]
+    demographics: dict[str, int] = field(default_factory=dict)
+    time_gap_buckets: int = 64
+    watch_time_buckets: int = 32
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)
+    version: int = SPEC_VERSION
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        for name, stats in self.splits.items():
+            payload["splits"][name]["positive_rate"] = stats.positive_rate
+        return json.dumps(payload, indent=2, sort_keys=True)
+
+    def write(self, root: str | Path) -> Path:
+        path = Path(root) / SPEC_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)  # atomic: a reader never sees half a spec
+        return path
+
+    @staticmethod
+    def read(root: str | Path) -> FeatureSpec:
+        path = Path(root) / SPEC_FILE
+        if not path.is_file():
+            raise FeatureSpecError(f"no feature spec at {path}: run etl/build_sequences.py first")
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise FeatureSpecError(f"{path} is not valid JSON: {error}") from error
+        return FeatureSpec.from_dict(payload, origin=str(path))
+
+    @staticmethod
+    def from_dict(payload: dict, origin: str = "feature spec") -> FeatureSpec:
+        if payload.get("version") != SPEC_VERSION:
+            raise FeatureSpecError(
+                f"{origin}: version {payload.get('version')!r}, this code reads {SPEC_VERSION}"
+            )
+        known = {f.name for f in fields(FeatureSpec)}
+        unknown = sorted(set(payload) - known)
+        if unknown:
+            raise FeatureSpecError(f"{origin}: unknown keys {unknown}")
+        values = dict(payload)
+        try:
+            values["behaviors"] = tuple(values["behaviors"])
+            values["dense_features"] = tuple(values["dense_features"])
+            values["splits"] = {
+                name: SplitStats(
+                    dates=tuple(stats["dates"]),
+                    requests=int(stats["requests"]),
+                    samples=int(stats["samples"]),
+                    positives=int(stats["positives"]),
+                )
+                for name, stats in values.get("splits", {}).items()
+            }
+            return FeatureSpec(**values)
+        except (KeyError, TypeError) as error:
+            raise FeatureSpecError(f"{origin}: {error}") from error

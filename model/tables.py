@@ -1,0 +1,71 @@
+"""Embedding tables: which feature reads which table, and how many rows each table has.
+
+Candidate and history share the item table and the category table (the papers compare models on
+the same embeddings). Raw ids are mapped to rows by `id % rows` in the data pipeline
+(`row_ids`), so a table never sees an out-of-range id; ids that are new since the spec was written
+land in an existing row (documented collision, the TorchRec/Criteo convention) instead of failing.
+All tables share one dimension: TorchRec's sequence `EmbeddingCollection` requires it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingConfig
+
+from etl.feature_spec import FeatureSpec
+from model.batch import Keys
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Args:
+    rows: table name -> number of rows.
+    features: table name -> the feature keys that look it up.
+    """
+
+    rows: dict[str, int]
+    features: dict[str, tuple[str, ...]]
+
+    def rows_for_feature(self) -> dict[str, int]:
+        return {key: self.rows[table] for table, keys in self.features.items() for key in keys}
+
+    def embedding_configs(self, dim: int) -> list[EmbeddingConfig]:
+        return [
+            EmbeddingConfig(
+                name=table,
+                embedding_dim=dim,
+                num_embeddings=self.rows[table],
+                feature_names=list(self.features[table]),
+            )
+            for table in self.rows
+        ]
+
+
+def table_layout(spec: FeatureSpec, max_rows: int) -> TableLayout:
+    """Rows are the id range (max id + 1) capped at `max_rows`, beyond which ids are hashed."""
+    rows = {
+        "item": min(spec.max_item_id + 1, max_rows),
+        "category": min(spec.max_category_id + 1, max_rows),
+        "behavior": len(spec.behaviors) + 1,
+        "time_gap": spec.time_gap_buckets,
+        "watch_time": spec.watch_time_buckets,
+    }
+    features = {
+        "item": (Keys.CAND_ITEM, Keys.HIST_ITEM),
+        "category": (Keys.CAND_CATEGORY, Keys.HIST_CATEGORY, Keys.PROFILE_TOP_CATEGORY),
+        "behavior": (Keys.HIST_BEHAVIOR,),
+        "time_gap": (Keys.HIST_TIME_GAP,),
+        "watch_time": (Keys.HIST_WATCH_TIME,),
+    }
+    for field_name, cardinality in spec.demographics.items():
+        table = f"demographic_{field_name}"
+        rows[table] = cardinality
+        features[table] = (Keys.demographic(field_name),)
+    return TableLayout(rows=rows, features=features)
+
+
+def row_ids(raw_ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """Map raw non-negative ids to table rows."""
+    return torch.remainder(raw_ids, rows)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create or update the project's virtual environment; safe to run any number of times.
+#
+#   source scripts/setup_env.sh            # CPU (fbgemm-gpu-cpu)
+#   CAIN_ACCELERATOR=cuda source ...       # NVIDIA machines (CUDA fbgemm-gpu)
+#
+# The venv lives outside the checkout (default ~/.cache/cain/venv, override with CAIN_VENV) so that
+# every clone reuses the ~5 GB torch install; a stamp of the requirement files makes a second run
+# take seconds. Airflow gets its own venv (scripts/setup_airflow.sh): its Spark provider would
+# overwrite pyspark's files.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+accelerator="${CAIN_ACCELERATOR:-cpu}"
+venv="${CAIN_VENV:-$HOME/.cache/cain/venv}"
+case "$accelerator" in
+  cpu|cuda) ;;
+  *) echo "CAIN_ACCELERATOR must be cpu or cuda, got '$accelerator'" >&2; return 2 2>/dev/null || exit 2 ;;
+esac
+requirements=("$repo_root/requirements/base.txt" "$repo_root/requirements/$accelerator.txt" "$repo_root/requirements/torchrec.txt")
+stamp_value="$accelerator $(cat "${requirements[@]}" | sha256sum | cut -c1-16)"
+stamp_file="$venv/.cain-stamp"
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "[setup] creating virtualenv $venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+fi
+if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_value" ]]; then
+  echo "[setup] installing pinned dependencies ($accelerator) into $venv (first time: several minutes)"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  other="cuda"; [[ "$accelerator" == "cuda" ]] && other="cpu"
+  "$venv/bin/python" -m pip uninstall --quiet --yes "$(cat "$repo_root/requirements/$other.txt" | cut -d= -f1)" 2>/dev/null || true
+  "$venv/bin/python" -m pip install --quiet -r "$repo_root/requirements/base.txt" -r "$repo_root/requirements/$accelerator.txt"
+  "$venv/bin/python" -m pip install --quiet --no-deps -r "$repo_root/requirements/torchrec.txt"
+  echo "$stamp_value" > "$stamp_file"
+fi
+export PATH="$venv/bin:$PATH"
+export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
+export PYSPARK_PYTHON="$venv/bin/python"
+export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
