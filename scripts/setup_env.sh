@@ -8,30 +8,30 @@
 # every clone reuses the ~5 GB torch install; a stamp of the requirement files makes a second run
 # take seconds. Airflow gets its own venv (scripts/setup_airflow.sh): its Spark provider would
 # overwrite pyspark's files.
-set -euo pipefail
+# Sourced: it must not change the caller's shell options, so every failing step returns explicitly.
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 accelerator="${CAIN_ACCELERATOR:-cpu}"
 venv="${CAIN_VENV:-$HOME/.cache/cain/venv}"
 case "$accelerator" in
   cpu|cuda) ;;
-  *) echo "CAIN_ACCELERATOR must be cpu or cuda, got '$accelerator'" >&2; return 2 2>/dev/null || exit 2 ;;
+  *) echo "CAIN_ACCELERATOR must be cpu or cuda, got '$accelerator'" >&2; return 2 ;;
 esac
 requirements=("$repo_root/requirements/base.txt" "$repo_root/requirements/$accelerator.txt" "$repo_root/requirements/torchrec.txt")
 stamp_value="$accelerator $(cat "${requirements[@]}" | sha256sum | cut -c1-16)"
 stamp_file="$venv/.cain-stamp"
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "[setup] creating virtualenv $venv"
-  mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv"
+  mkdir -p "$(dirname "$venv")" && python3 -m venv "$venv" || { echo "[setup] venv creation failed" >&2; return 1; }
 fi
 if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_value" ]]; then
   echo "[setup] installing pinned dependencies ($accelerator) into $venv (first time: several minutes)"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
   other="cuda"; [[ "$accelerator" == "cuda" ]] && other="cpu"
-  "$venv/bin/python" -m pip uninstall --quiet --yes "$(cat "$repo_root/requirements/$other.txt" | cut -d= -f1)" 2>/dev/null || true
-  "$venv/bin/python" -m pip install --quiet -r "$repo_root/requirements/base.txt" -r "$repo_root/requirements/$accelerator.txt"
-  "$venv/bin/python" -m pip install --quiet --no-deps -r "$repo_root/requirements/torchrec.txt"
-  echo "$stamp_value" > "$stamp_file"
+  # The two fbgemm builds install the same module: remove the other one before switching.
+  "$venv/bin/python" -m pip uninstall --quiet --yes "$(cut -d= -f1 "$repo_root/requirements/$other.txt")" >/dev/null 2>&1
+  { "$venv/bin/python" -m pip install --quiet --upgrade pip \
+    && "$venv/bin/python" -m pip install --quiet -r "$repo_root/requirements/base.txt" -r "$repo_root/requirements/$accelerator.txt" \
+    && "$venv/bin/python" -m pip install --quiet --no-deps -r "$repo_root/requirements/torchrec.txt" \
+    && echo "$stamp_value" > "$stamp_file"; } || { echo "[setup] pip install failed" >&2; return 1; }
 fi
 export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
