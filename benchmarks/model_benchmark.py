@@ -1,0 +1,298 @@
+"""Model zoo speed on this CPU, in the peer's configuration (see PEERS.md). Prints numbers; asserts
+nothing.
+
+    python benchmarks/model_benchmark.py                       # everything, a few minutes
+    python benchmarks/model_benchmark.py --models cain lap --lengths 1000
+
+Training step (forward + backward + Adam) on batch 256, 2 torch threads, random ids, full-length
+histories (no padding), item (100k) ⊕ category (10k) at 64 dims each, MLP 2048-1024: median of
+`--steps` (≥10) steps after 3 warm-ups; samples/s = 256 / median. FLOPs per sample come from
+`torch.utils.flop_counter` over one training step (matmul/conv FLOPs; element-wise ops are not
+counted). A 2048² fp32 GEMM is timed in the same run because the machine's speed drifts: only
+ratios within one run are comparable.
+
+Each sample is its own request (`--candidates-per-request 1`), as in the peer, so nothing is
+shared between samples. The inference column scores one request with 100 candidates that share
+one L=1000 history (eval mode, no grad): p50 / p99 over `--inference-runs` runs.
+
+Peer defaults are lighter than the papers' (TWIN 1 head, SDIM 1 signature × 4 bits, top-k 50);
+`PEER_SETTINGS` applies them so the comparison is like for like. The body runs without side
+features (the peer's histories have none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.layers.temporal_convolution import TemporalConvolution  # noqa: E402
+from model.registry import build_model, config_to_dict, resolve_config  # noqa: E402
+from model.synthetic_batch import synthetic_batch, tiny_feature_spec  # noqa: E402
+from model.train_wrapper import CTRTrain  # noqa: E402
+
+PEER = {  # PEERS.md, GEMM 180 GFLOP/s in that run
+    "din": {"100": 1604, "1000": 111, "2000": 40, "inference_ms": [208, 255]},
+    "sim_soft": {"100": 1427, "1000": 267, "2000": 144, "inference_ms": [69, 84]},
+    "eta": {"100": 2054, "1000": 437, "2000": 191, "inference_ms": [76, 106]},
+    "sdim": {"100": 2522, "1000": 376, "2000": 234, "inference_ms": [85, 99]},
+    "twin": {"100": 1898, "1000": 248, "2000": 138, "inference_ms": [120, 153]},
+}
+PEER_GEMM_GFLOPS = 180.0
+
+BODY = {"embedding_dim": 64, "mlp_dims": [2048, 1024], "use_side_features": False}
+PEER_SETTINGS: dict[str, dict[str, object]] = {
+    "twin": {"twin.num_heads": 1, "twin.top_k": 50},
+    "sdim": {"sdim.num_bits": 4, "sdim.bits_per_signature": 4},
+    "sim_soft": {"sim_soft.top_k": 50},
+    "eta": {"eta.top_k": 50},
+}
+DEFAULT_MODELS = ["din", "sim_soft", "eta", "sdim", "twin", "lap", "cain", "lap_tcn"]
+
+
+def benchmark_spec(max_len: int):
+    """Item 100k ⊕ category 10k, two demographic fields and three dense statistics (PEG input)."""
+    return tiny_feature_spec(
+        max_len=max_len, short_len=50, num_items=100_000, num_categories=10_000
+    )
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 10) -> float:
+    left, right = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        left @ right
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        left @ right
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def overrides_for(name: str) -> dict[str, object]:
+    return {**BODY, **PEER_SETTINGS.get(name, {})}
+
+
+def train_step_seconds(
+    name: str, length: int, candidates_per_request: int, args: argparse.Namespace
+) -> dict[str, float]:
+    spec = benchmark_spec(length)
+    num_requests = -(-args.batch_size // candidates_per_request)
+    batch_size = num_requests * candidates_per_request
+    torch.manual_seed(0)
+    model = CTRTrain(build_model(name, spec, overrides_for(name)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = [
+        synthetic_batch(
+            spec,
+            num_requests=num_requests,
+            candidates_per_request=candidates_per_request,
+            history_length=length,
+            seed=seed,
+        )
+        for seed in range(2)
+    ]
+
+    def step(batch) -> None:
+        loss, _ = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    # FlopCounterMode counts a grouped convolution's backward as if it had one group (R times too
+    # many FLOPs), so the count runs on the unfold reference of the TCN: the same arithmetic.
+    convolutions = [m for m in model.modules() if isinstance(m, TemporalConvolution)]
+    for convolution in convolutions:
+        convolution.fast = False
+    with FlopCounterMode(display=False) as counter:
+        step(batches[0])
+    for convolution in convolutions:
+        convolution.fast = True
+    times = []
+    for index in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        step(batches[index % 2])
+        if index >= args.warmup:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "batch_size": batch_size,
+        "requests": num_requests,
+        "step_s": seconds,
+        "samples_per_s": batch_size / seconds,
+        "flops_per_sample": counter.get_total_flops() / batch_size,
+    }
+
+
+def inference_ms(name: str, args: argparse.Namespace) -> list[float]:
+    spec = benchmark_spec(1000)
+    torch.manual_seed(0)
+    model = build_model(name, spec, overrides_for(name)).eval()
+    batch = synthetic_batch(
+        spec, num_requests=1, candidates_per_request=100, history_length=1000, seed=3
+    )
+    times = []
+    with torch.no_grad():
+        for index in range(3 + args.inference_runs):
+            start = time.perf_counter()
+            model(batch)
+            if index >= 3:
+                times.append((time.perf_counter() - start) * 1000)
+    quantiles = statistics.quantiles(times, n=100)
+    return [statistics.median(times), quantiles[98]]
+
+
+def markdown_table(results: dict[str, dict], lengths: list[int], gflops: float) -> str:
+    header = "| model | " + " | ".join(f"L={n} samples/s (peer)" for n in lengths)
+    header += " | GFLOP/sample L=1000 | inference p50 / p99 ms (peer) |"
+    lines = [header, "|" + "---|" * (len(lengths) + 3)]
+    for name, result in results.items():
+        peer = PEER.get(name, {})
+        cells = []
+        for length in lengths:
+            ours = result["train"].get(str(length))
+            if ours is None:
+                cells.append("–")
+                continue
+            theirs = peer.get(str(length))
+            cells.append(
+                f"{ours['samples_per_s']:.0f}" + (f" ({theirs})" if theirs is not None else "")
+            )
+        flops = result["train"].get("1000", {}).get("flops_per_sample")
+        flops_cell = f"{flops / 1e9:.2f}" if flops is not None else "–"
+        inference = result.get("inference_ms")
+        inference_cell = f"{inference[0]:.1f} / {inference[1]:.1f}" if inference else "–"
+        if inference and "inference_ms" in peer:
+            inference_cell += f" ({peer['inference_ms'][0]} / {peer['inference_ms'][1]})"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {flops_cell} | {inference_cell} |")
+    return (
+        "\n".join(lines)
+        + f"\n\nGEMM 2048² fp32 in these runs (median): {gflops:.0f} GFLOP/s (peer run: 180)."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--lengths", nargs="+", type=int, default=[100, 1000, 2000])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--candidates-per-request", type=int, default=1)
+    parser.add_argument(
+        "--protocol-models",
+        nargs="*",
+        default=[],
+        help="also time these at L=1000 with --protocol-candidates candidates sharing a request",
+    )
+    parser.add_argument("--protocol-candidates", type=int, default=20)
+    parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument(
+        "--merge", action="store_true", help="update --output instead of replacing it"
+    )
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inference-runs", type=int, default=30)
+    parser.add_argument("--output", default="benchmarks/results/models.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    output_path = Path(args.output)
+    previous = json.loads(output_path.read_text()) if args.merge and output_path.exists() else {}
+
+    load_before = os.getloadavg()
+    gflops_before = gemm_gflops()
+    print(f"GEMM 2048² fp32: {gflops_before:.0f} GFLOP/s, load {load_before}", flush=True)
+    results: dict[str, dict] = previous.get("results", {})
+    for name in args.models:
+        entry = results.setdefault(name, {"train": {}})
+        entry["config"] = config_to_dict(resolve_config(name, overrides_for(name)))
+        del entry["config"]["mlp_dims"]  # the same for all models: see setup.body
+        for length in args.lengths:
+            measured = train_step_seconds(name, length, args.candidates_per_request, args)
+            entry["train"][str(length)] = measured
+            print(
+                f"{name:>14} L={length:<5} {measured['samples_per_s']:8.0f} samples/s "
+                f"{measured['flops_per_sample'] / 1e9:7.3f} GFLOP/sample",
+                flush=True,
+            )
+        if not args.skip_inference:
+            entry["inference_ms"] = inference_ms(name, args)
+            p50, p99 = entry["inference_ms"]
+            print(
+                f"{name:>14} inference 100 candidates, L=1000: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            )
+    for name in args.protocol_models:
+        entry = results.setdefault(name, {"train": {}})
+        measured = train_step_seconds(name, 1000, args.protocol_candidates, args)
+        entry["protocol_1000"] = measured
+        print(
+            f"{name:>14} L=1000 {args.protocol_candidates} candidates/request: "
+            f"{measured['samples_per_s']:8.0f} samples/s",
+            flush=True,
+        )
+    gflops_after = gemm_gflops()
+    load_after = os.getloadavg()
+    runs = previous.get("runs", []) + [
+        {
+            "models": args.models,
+            "lengths": args.lengths,
+            "protocol_models": args.protocol_models,
+            "gemm_gflops": [gflops_before, gflops_after],
+            "load_average": [load_before, load_after],
+            "threads": args.threads,
+        }
+    ]
+    gflops = statistics.median([g for run in runs for g in run["gemm_gflops"]])
+
+    ratios = {}
+    if "cain" in results and "lap" in results:
+        for key in results["cain"]["train"]:
+            if key in results["lap"]["train"]:
+                ratios[key] = (
+                    results["lap"]["train"][key]["samples_per_s"]
+                    / results["cain"]["train"][key]["samples_per_s"]
+                )
+        print("CAIN step time / LAP step time:", {k: round(v, 2) for k, v in ratios.items()})
+    lengths = sorted({int(k) for entry in results.values() for k in entry["train"]})
+    print(markdown_table(results, lengths, gflops))
+    output = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "gemm_gflops_median": gflops,
+        },
+        "setup": {
+            "batch_size": args.batch_size,
+            "candidates_per_request": args.candidates_per_request,
+            "protocol_candidates": args.protocol_candidates,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "inference_runs": args.inference_runs,
+            "body": BODY,
+            "peer_settings": PEER_SETTINGS,
+            "items": 100_000,
+            "categories": 10_000,
+        },
+        "runs": runs,
+        "results": results,
+        "cain_over_lap_step_time": ratios,
+        "peer": {"models": PEER, "gemm_gflops": PEER_GEMM_GFLOPS},
+    }
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    output_path.write_text(json.dumps(output, indent=2))
+    print(f"wrote {output_path}")
+
+
+if __name__ == "__main__":
+    main()

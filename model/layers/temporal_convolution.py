@@ -1,0 +1,246 @@
+"""Temporal convolution over a history (CAIN §4.1), stacked for MSIA (§4.2), PEG filters (§4.3).
+
+A layer with context length cl slides a filter of width K = 2·cl + 1 along the sequence (context
+on both sides of the center item, eq. 1) with zero padding at both ends and a stride s, so the
+output has ceil(L / s) positions, output j centered on input j·s. cl = 0 is a per-item linear
+layer.
+
+Filters are global (one per layer, eq. 5) or personalized: PEG's 2-layer MLP turns the profile
+into one filter per request (eqs. 10-12). Each filter type has a plain reference (unfold + matmul /
+bmm) and a fast path (`F.conv1d`; a grouped convolution with one group per request for personal
+filters); `tests/model/test_temporal_convolution.py` checks they agree in outputs and gradients.
+
+Padding: inputs are right-padded with zeros, which is exactly the paper's zero padding at the end
+of the sequence. Outputs at padded positions (bias plus edge leakage) are zeroed again so a
+stacked layer never reads them.
+
+Receptive field: with half-width h_n of layer n and S_n the product of strides up to n,
+h_1 = cl_1 and h_{n+1} = h_n + cl_{n+1} · S_n, i.e. the span 2h+1 grows by fs − 1 per stride-1
+layer (eq. 7) and faster with strides. (When a stride exceeds the width the previous layers cover,
+the field has holes between its edges; the half-width bounds it.)
+
+Letters: R requests, L length, Din/Dout channels, K filter width, P profile width, N = Dout·Din·K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PEGMode(Enum):
+    """How a layer combines personalized and global filters (paper Table 6)."""
+
+    REPLACE = "replace"  # personalized filter only (paper default, eq. 12)
+    SUM = "sum"  # global + personalized outputs
+    CONCAT = "concat"  # [global ⊕ personalized] outputs, projected back to Dout (unpublished)
+
+
+def output_length(length: int, stride: int) -> int:
+    return -(-length // stride)
+
+
+def _windows(inputs: torch.Tensor, width: int, stride: int) -> torch.Tensor:
+    """[R, L, Din] -> [R, L', Din*K]: the zero-padded window around each output center."""
+    half = width // 2
+    padded = F.pad(inputs, (0, 0, half, half))  # [R, L + 2·half, Din]
+    windows = padded.unfold(1, width, stride)  # [R, L', Din, K]
+    return windows.flatten(2)
+
+
+def convolve_global(
+    inputs: torch.Tensor, weight: torch.Tensor, stride: int, fast: bool = True
+) -> torch.Tensor:
+    """One filter for everybody. inputs [R, L, Din]; weight [Dout, Din, K] -> [R, L', Dout]."""
+    width = weight.shape[-1]
+    if fast:
+        output = F.conv1d(inputs.transpose(1, 2), weight, stride=stride, padding=width // 2)
+        return output.transpose(1, 2)
+    return _windows(inputs, width, stride) @ weight.flatten(1).T
+
+
+def convolve_personal(
+    inputs: torch.Tensor, weights: torch.Tensor, stride: int, fast: bool = True
+) -> torch.Tensor:
+    """One filter per request. inputs [R, L, Din]; weights [R, Dout, Din, K] -> [R, L', Dout]."""
+    num_requests, length, in_dim = inputs.shape
+    out_dim, width = weights.shape[1], weights.shape[-1]
+    if fast:
+        # A grouped convolution with one group per request: no unfolded copy of the history.
+        stacked = inputs.transpose(1, 2).reshape(1, num_requests * in_dim, length)  # [1, R*Din, L]
+        output = F.conv1d(
+            stacked,
+            weights.reshape(num_requests * out_dim, in_dim, width),
+            stride=stride,
+            padding=width // 2,
+            groups=num_requests,
+        )  # [1, R*Dout, L']
+        return output.view(num_requests, out_dim, -1).transpose(1, 2)
+    return torch.bmm(_windows(inputs, width, stride), weights.flatten(2).transpose(1, 2))
+
+
+class PersonalizedFilterGenerator(nn.Module):
+    """PEG (eqs. 10-11): profile [R, P] -> ReLU(FC) -> FC -> filters [R, Dout, Din, K]."""
+
+    def __init__(self, profile_dim: int, hidden_dim: int, filter_shape: tuple[int, int, int]):
+        super().__init__()
+        self.filter_shape = filter_shape
+        size = filter_shape[0] * filter_shape[1] * filter_shape[2]
+        self.hidden = nn.Linear(profile_dim, hidden_dim)
+        self.output = nn.Linear(hidden_dim, size)
+
+    def reset_output_bias(self) -> None:
+        """Start from a Xavier-initialised global filter (the generator's bias) plus a personal
+        offset: a default-initialised bias would give filters far too large for fan-in Din·K."""
+        out_dim, in_dim, width = self.filter_shape
+        filter_init = torch.empty(self.filter_shape)
+        nn.init.xavier_uniform_(filter_init.view(out_dim, in_dim * width))
+        with torch.no_grad():
+            self.output.bias.copy_(filter_init.flatten())
+            self.output.weight.mul_(0.1)
+
+    def forward(self, profile: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.hidden(profile))  # [R, hidden]
+        return self.output(hidden).view(-1, *self.filter_shape)  # [R, Dout, Din, K]
+
+
+class TemporalConvolution(nn.Module):
+    """One TCN layer: [R, L, Din] (zero where padded) -> [R, ceil(L/s), Dout].
+
+    Args:
+        in_dim, out_dim: channels.
+        context_length: cl; filter width K = 2·cl + 1.
+        stride: s.
+        peg_mode: None for global filters only, else how PEG's filters enter (`PEGMode`).
+        profile_dim, peg_hidden_dim: PEG's input width and hidden width.
+        fast: conv1d / grouped conv instead of the unfold reference.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        context_length: int,
+        stride: int = 1,
+        peg_mode: PEGMode | None = None,
+        profile_dim: int = 0,
+        peg_hidden_dim: int = 32,
+        fast: bool = True,
+    ) -> None:
+        super().__init__()
+        width = 2 * context_length + 1
+        self.stride = stride
+        self.fast = fast
+        self.peg_mode = peg_mode
+        needs_global = peg_mode is not PEGMode.REPLACE
+        self.weight = (
+            nn.Parameter(torch.empty(out_dim, in_dim, width)) if needs_global else None
+        )  # [Dout, Din, K]
+        if self.weight is not None:
+            nn.init.xavier_uniform_(self.weight.view(out_dim, in_dim * width))
+        self.bias = nn.Parameter(torch.zeros(out_dim))  # b_c, shared by global and PEG filters
+        self.generator = (
+            PersonalizedFilterGenerator(profile_dim, peg_hidden_dim, (out_dim, in_dim, width))
+            if peg_mode is not None
+            else None
+        )
+        self.merge = (
+            nn.Linear(2 * out_dim, out_dim, bias=False) if peg_mode is PEGMode.CONCAT else None
+        )
+
+    def personal_filters(self, profile: torch.Tensor) -> torch.Tensor:
+        """[R, P] -> [R, Dout, Din, K]; only for a layer with PEG."""
+        assert self.generator is not None
+        return self.generator(profile)
+
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs [R, L, Din]; mask [R, L]; profile [R, P]
+        -> (outputs [R, L', Dout], mask [R, L'])."""
+        inputs = inputs * mask[:, :, None]  # padded positions never contribute
+        outputs: list[torch.Tensor] = []
+        if self.weight is not None:
+            outputs.append(convolve_global(inputs, self.weight, self.stride, self.fast))
+        if self.generator is not None:
+            assert profile is not None, "a PEG layer needs the profile"
+            filters = self.personal_filters(profile)
+            outputs.append(convolve_personal(inputs, filters, self.stride, self.fast))
+        if self.peg_mode is PEGMode.CONCAT:
+            assert self.merge is not None
+            combined = self.merge(torch.cat(outputs, dim=-1))
+        else:
+            combined = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
+        lengths = mask.sum(-1)  # [R]
+        out_lengths = torch.div(lengths + self.stride - 1, self.stride, rounding_mode="floor")
+        out_mask = (
+            torch.arange(combined.shape[1], device=mask.device)[None, :] < out_lengths[:, None]
+        )
+        return (combined + self.bias) * out_mask[:, :, None], out_mask
+
+
+class TemporalConvNet(nn.Module):
+    """Stacked TCN layers (MSIA §4.2.1); returns every layer's output for its own attention.
+
+    Layer 1 maps Din -> Dout (CAIN: stride 1, so each item keeps its own representation); later
+    layers map Dout -> Dout (CAIN: stride 4). Between layers a ReLU supplies the non-linearity
+    the paper credits for the later layers' gain; each layer's *linear* output (eq. 5 / 12) is what
+    its attention reads.
+
+    Args:
+        context_lengths: cl per layer (its length is the number of layers).
+        strides: stride per layer.
+        peg_layers: per layer, the PEG mode or None.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        context_lengths: Sequence[int],
+        strides: Sequence[int],
+        peg_layers: Sequence[PEGMode | None],
+        profile_dim: int = 0,
+        peg_hidden_dim: int = 32,
+        fast: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TemporalConvolution(
+                in_dim=in_dim if index == 0 else out_dim,
+                out_dim=out_dim,
+                context_length=context_length,
+                stride=strides[index],
+                peg_mode=peg_layers[index],
+                profile_dim=profile_dim,
+                peg_hidden_dim=peg_hidden_dim,
+                fast=fast,
+            )
+            for index, context_length in enumerate(context_lengths)
+        )
+
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor, profile: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """inputs [R, L, Din]; mask [R, L] -> per layer n: ([R, L_n, Dout], mask [R, L_n])."""
+        results = []
+        for index, layer in enumerate(self.layers):
+            if index > 0:
+                inputs = torch.relu(inputs)
+            inputs, mask = layer(inputs, mask, profile)
+            results.append((inputs, mask))
+        return results
+
+
+def receptive_half_widths(context_lengths: Sequence[int], strides: Sequence[int]) -> list[int]:
+    """Half-width, in input positions, of each layer's receptive field (see module docstring)."""
+    widths, half_width, spacing = [], 0, 1
+    for context_length, stride in zip(context_lengths, strides, strict=True):
+        half_width += context_length * spacing  # this layer's taps are `spacing` inputs apart
+        widths.append(half_width)
+        spacing *= stride
+    return widths

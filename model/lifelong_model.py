@@ -1,0 +1,200 @@
+"""The body every model shares; only the long-term module differs (as the papers compare them).
+
+    embedding arch   -> candidates [B, 2D], history [R, L, 2D] + side [R, L, D], profile [R, P]
+    request grouping -> queries [R, C, 2D] (candidates next to their request's history)
+    short-term arch  -> target attention over the last `short_len` items      [R, C, Ds]
+    long-term arch   -> the model's module over the whole history              [R, C, Dl]
+    over arch        -> MLP (paper 2048-1024) on [profile, candidate, short, long] -> logit [B]
+
+History keys are item ⊕ category (the candidate space: retrieval, hashing and attention scores
+compare them with the candidate); history values are keys ⊕ side features (behavior + time gap +
+watch time) when `use_side_features`, else the keys. Long-term modules see
+(queries, keys, values, mask, side) so the same module runs on raw embeddings (plain baselines) or
+on TCN outputs (CAIN and the X_TCN / X_MSIA backbone variants).
+
+Models return logits; `forward_with_losses` also returns auxiliary losses (SIM's GSU loss), which
+`model.train_wrapper.CTRTrain` adds to the CTR loss.
+
+Letters: R requests, B candidates, C candidates per request, L history length, S short-term
+length, D embedding dim, P profile width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from etl.feature_spec import FeatureSpec
+from model.batch import Batch
+from model.layers.attention import ActivationUnitAttention, TargetAttention
+from model.layers.embedding import EmbeddedBatch, EmbeddingArch
+from model.layers.mlp import OverArch
+from model.layers.request_groups import RequestGroups
+from model.layers.temporal_convolution import PersonalizedFilterGenerator
+
+
+class ShortTermAttention(Enum):
+    """Scorer of the short-term branch (unpublished in the CAIN paper)."""
+
+    ACTIVATION_UNIT = "activation_unit"  # DIN's MLP unit (default)
+    MULTI_HEAD = "multi_head"  # scaled dot product, `short_term_heads` heads
+
+
+@dataclass(frozen=True)
+class BodyConfig:
+    """Settings of the shared body (paper §5.1.4: 64-dim embeddings, MLP 2048-1024, Xavier).
+
+    Args:
+        embedding_dim: D of every table (item ⊕ category makes the 2D candidate space).
+        mlp_dims: hidden widths of the over arch.
+        max_table_rows: cap on rows per embedding table (ids beyond are folded by modulo).
+        use_side_features: append behavior/time-gap/watch-time embeddings to history values.
+        short_term_attention: scorer of the short-term branch.
+        short_term_heads: heads when that scorer is MULTI_HEAD.
+        attention_hidden_dims: DIN activation-unit MLP (DIN code: 80-40), used wherever that
+            unit appears.
+    """
+
+    embedding_dim: int = 64
+    mlp_dims: tuple[int, ...] = (2048, 1024)
+    max_table_rows: int = 1 << 22
+    use_side_features: bool = True
+    short_term_attention: ShortTermAttention = ShortTermAttention.ACTIVATION_UNIT
+    short_term_heads: int = 2
+    attention_hidden_dims: tuple[int, ...] = (80, 40)
+
+
+@dataclass
+class LongTermOutput:
+    """interest [R, C, Dl]; auxiliary_logits [R, C] for an auxiliary CTR loss (SIM's GSU) or None,
+    weighted by auxiliary_weight in the total loss."""
+
+    interest: torch.Tensor
+    auxiliary_logits: torch.Tensor | None = None
+    auxiliary_weight: float = 1.0
+
+
+class ShortTermArch(nn.Module):
+    """Target attention of each candidate over the last `short_len` history items."""
+
+    def __init__(self, config: BodyConfig, key_dim: int, value_dim: int) -> None:
+        super().__init__()
+        self.attention: nn.Module
+        if config.short_term_attention is ShortTermAttention.MULTI_HEAD:
+            self.attention = TargetAttention(
+                key_dim, key_dim, value_dim, num_heads=config.short_term_heads
+            )
+            self.output_dim = self.attention.output_dim
+        else:
+            self.attention = ActivationUnitAttention(key_dim, config.attention_hidden_dims)
+            self.output_dim = value_dim
+
+    def forward(self, queries: torch.Tensor, embedded: EmbeddedBatch) -> torch.Tensor:
+        """queries [R, C, 2D] -> [R, C, Ds]."""
+        values = embedded.short_history
+        if embedded.short_side is not None:
+            values = torch.cat([values, embedded.short_side], dim=-1)  # [R, S, 3D]
+        return self.attention(queries, embedded.short_history, values, embedded.short_mask)
+
+
+def initialize_xavier(model: nn.Module) -> None:
+    """Xavier-uniform for every dense weight matrix, zero biases (paper §5.1.4).
+
+    Embedding tables keep TorchRec's initialisation (they may live on the meta device until DMP
+    materialises them). PEG generators then reset their output bias to a Xavier filter.
+    """
+    for name, parameter in model.named_parameters():
+        if name.startswith("embedding_arch.") or parameter.is_meta:
+            continue
+        if parameter.dim() >= 2:
+            nn.init.xavier_uniform_(parameter)
+        elif name.endswith("bias"):
+            nn.init.zeros_(parameter)
+    for module in model.modules():
+        if isinstance(module, PersonalizedFilterGenerator):
+            module.reset_output_bias()
+
+
+class LifelongCTRModel(nn.Module):
+    """Shared body. A model builds `self.long_term_arch`, then calls `build_over_arch`.
+
+    `long_term_arch(queries [R, C, 2D], embedded) -> LongTermOutput` is the only model-specific
+    stage.
+    """
+
+    long_term_arch: nn.Module
+
+    def __init__(
+        self, config: BodyConfig, spec: FeatureSpec, embedding_device: torch.device | None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding_arch = EmbeddingArch(
+            spec,
+            config.embedding_dim,
+            config.max_table_rows,
+            embedding_device,
+            config.use_side_features,
+        )
+        self.key_dim = self.embedding_arch.item_dim  # 2D
+        self.side_dim = self.embedding_arch.side_dim  # D
+        self.value_dim = self.key_dim + (self.side_dim if config.use_side_features else 0)
+        self.profile_dim = sum(self.embedding_arch.profile_group_dims.values())
+        self.short_term_arch = ShortTermArch(config, self.key_dim, self.value_dim)
+
+    def build_over_arch(self, long_term_dim: int) -> None:
+        head_dim = self.profile_dim + self.key_dim + self.short_term_arch.output_dim + long_term_dim
+        self.over_arch = OverArch(head_dim, self.config.mlp_dims)
+        initialize_xavier(self)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """-> logits [B]."""
+        return self.forward_with_losses(batch)[0]
+
+    def forward_with_losses(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (logits [B], auxiliary losses by name, already weighted)."""
+        embedded = self.embedding_arch(batch.sparse_features, batch.dense_features)
+        groups = RequestGroups(batch.request_index, batch.num_requests)
+        queries = groups.to_requests(embedded.candidates)  # [R, C, 2D]
+        short_term = self.short_term_arch(queries, embedded)  # [R, C, Ds]
+        long_term = self.long_term_arch(queries, embedded)  # [R, C, Dl]
+        features = torch.cat(
+            [
+                groups.expand(embedded.profile()),  # [B, P]
+                embedded.candidates,  # [B, 2D]
+                groups.to_candidates(short_term),  # [B, Ds]
+                groups.to_candidates(long_term.interest),  # [B, Dl]
+            ],
+            dim=-1,
+        )
+        logits = self.over_arch(features)  # [B]
+        losses: dict[str, torch.Tensor] = {}
+        if long_term.auxiliary_logits is not None:
+            auxiliary_logits = groups.to_candidates(long_term.auxiliary_logits)  # [B]
+            losses["auxiliary"] = long_term.auxiliary_weight * F.binary_cross_entropy_with_logits(
+                auxiliary_logits, batch.labels.to(auxiliary_logits.dtype)
+            )
+        return logits, losses
+
+
+class RawHistoryArch(nn.Module):
+    """Runs a long-term attention on the raw history embeddings (plain baselines).
+
+    `attention(queries, keys, values, mask, side) -> LongTermOutput`.
+    """
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        self.attention = attention
+        self.output_dim: int = attention.output_dim
+
+    def forward(self, queries: torch.Tensor, embedded: EmbeddedBatch) -> LongTermOutput:
+        values = embedded.history
+        side = embedded.history_side
+        if side is not None:
+            values = torch.cat([values, side], dim=-1)  # [R, L, 3D]
+        return self.attention(queries, embedded.history, values, embedded.history_mask, side)

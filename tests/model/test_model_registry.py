@@ -1,0 +1,115 @@
+"""Registry: names, override validation, config round trip; synthetic batches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.cain import CAINConfig, MajorAttention, PEGPlacement
+from model.layers.temporal_convolution import PEGMode
+from model.registry import MODELS, build_model, config_to_dict, resolve_config
+from model.synthetic_batch import synthetic_batch, tiny_feature_spec
+from model.tables import table_layout
+
+
+def test_the_paper_models_are_registered():
+    for name in ("cain", "lap", "twin", "sim_soft", "eta", "sdim", "din"):
+        assert name in MODELS
+    for config_class, _ in MODELS.values():
+        assert dataclasses.is_dataclass(config_class)
+        assert config_class.__dataclass_params__.frozen
+
+
+def test_paper_defaults():
+    config = resolve_config("cain")
+    assert (config.embedding_dim, config.mlp_dims) == (64, (2048, 1024))
+    assert (config.context_length, config.num_layers, config.later_stride) == (7, 4, 4)
+    assert config.major_attention is MajorAttention.LAP
+    assert (config.peg_mode, config.peg_placement) == (PEGMode.REPLACE, PEGPlacement.ALL)
+
+
+def test_overrides_are_typed_and_nested():
+    config = resolve_config(
+        "cain",
+        {
+            "embedding_dim": 16,
+            "mlp_dims": [64, 32],
+            "context_length": 3,
+            "peg_mode": "sum",
+            "major_attention": "twin",
+            "twin.num_heads": 1,
+            "lap": {"k_top": 10},
+            "auxiliary_dim": None,
+        },
+    )
+    assert isinstance(config, CAINConfig)
+    assert config.mlp_dims == (64, 32)
+    assert config.peg_mode is PEGMode.SUM
+    assert config.major_attention is MajorAttention.TWIN
+    assert (config.twin.num_heads, config.lap.k_top) == (1, 10)
+
+
+@pytest.mark.parametrize(
+    "name,overrides,named",
+    [
+        ("nope", {}, "nope"),
+        ("cain", {"embeding_dim": 3}, "embeding_dim"),
+        ("cain", {"embedding_dim": "wide"}, "embedding_dim"),
+        ("cain", {"embedding_dim": True}, "embedding_dim"),
+        ("cain", {"peg_mode": "multiply"}, "peg_mode"),
+        ("cain", {"lap.k_bottom": 3}, "lap.k_bottom"),
+        ("din", {"twin.num_heads": 2}, "twin.num_heads"),
+        ("cain", {"mlp_dims": 5}, "mlp_dims"),
+    ],
+)
+def test_bad_names_and_overrides_raise_value_error_naming_them(name, overrides, named):
+    with pytest.raises(ValueError, match=named):
+        build_model(name, tiny_feature_spec(), overrides)
+
+
+def test_config_to_dict_round_trips_through_overrides():
+    config = resolve_config("twin_msia", {"embedding_dim": 8, "peg_mode": "concat"})
+    plain = config_to_dict(config)
+    assert plain["peg_mode"] == "concat" and plain["major_attention"] == "twin"
+    assert resolve_config("twin_msia", plain) == config
+
+
+def test_embedding_collection_can_live_on_the_meta_device():
+    model = build_model(
+        "cain",
+        tiny_feature_spec(),
+        {"embedding_dim": 4, "mlp_dims": [8]},
+        embedding_device=torch.device("meta"),
+    )
+    tables = model.embedding_arch.embedding_collection.embeddings
+    assert all(table.weight.is_meta for table in tables.values())
+    assert not any(p.is_meta for n, p in model.named_parameters() if "embedding_arch" not in n)
+
+
+def test_synthetic_batch_is_seeded_and_fits_the_tables():
+    spec = tiny_feature_spec(max_len=12)
+    first = synthetic_batch(spec, 6, (1, 4), seed=9)
+    second = synthetic_batch(spec, 6, (1, 4), seed=9)
+    assert torch.equal(first.sparse_features.values(), second.sparse_features.values())
+    assert torch.equal(first.labels, second.labels)
+    rows = table_layout(spec, 1 << 22).rows_for_feature()
+    for key, jagged in first.sparse_features.to_dict().items():
+        assert int(jagged.values().max()) < rows[key], key
+    assert int(first.sparse_features["hist_item_id"].lengths().max()) <= 12
+    assert first.num_requests == 6 and first.request_index.max().item() == 5
+
+
+def test_yaml_presets_name_registered_models_with_valid_values():
+    import pathlib
+
+    import yaml
+
+    presets = sorted(pathlib.Path("conf/model").glob("*.yaml"))
+    assert presets
+    for path in presets:
+        section = yaml.safe_load(path.read_text())["model"]
+        name = section.pop("name")
+        assert name == path.stem
+        resolve_config(name, section)

@@ -1,0 +1,161 @@
+"""TCN layers: fast paths match the references, receptive fields, strides, padding, PEG."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.layers.temporal_convolution import (
+    PEGMode,
+    TemporalConvNet,
+    TemporalConvolution,
+    convolve_global,
+    convolve_personal,
+    output_length,
+    receptive_half_widths,
+)
+
+
+def lengths_mask(lengths: list[int], total: int) -> torch.Tensor:
+    return torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
+
+
+@pytest.mark.parametrize("context_length,stride", [(0, 1), (2, 1), (3, 4), (1, 2)])
+def test_global_fast_path_matches_reference(context_length, stride):
+    torch.manual_seed(0)
+    inputs = torch.randn(3, 17, 5, requires_grad=True)
+    weight = torch.randn(6, 5, 2 * context_length + 1, requires_grad=True)
+    fast = convolve_global(inputs, weight, stride, fast=True)
+    reference = convolve_global(inputs, weight, stride, fast=False)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn_like(fast)
+    fast_grads = torch.autograd.grad(fast, (inputs, weight), upstream)
+    reference_grads = torch.autograd.grad(reference, (inputs, weight), upstream)
+    for fast_grad, reference_grad in zip(fast_grads, reference_grads, strict=True):
+        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("context_length,stride", [(0, 1), (2, 1), (3, 4)])
+def test_personal_grouped_convolution_matches_unfold_bmm(context_length, stride):
+    torch.manual_seed(1)
+    inputs = torch.randn(4, 19, 5, requires_grad=True)
+    weights = torch.randn(4, 6, 5, 2 * context_length + 1, requires_grad=True)
+    fast = convolve_personal(inputs, weights, stride, fast=True)
+    reference = convolve_personal(inputs, weights, stride, fast=False)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn_like(fast)
+    fast_grads = torch.autograd.grad(fast, (inputs, weights), upstream)
+    reference_grads = torch.autograd.grad(reference, (inputs, weights), upstream)
+    for fast_grad, reference_grad in zip(fast_grads, reference_grads, strict=True):
+        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_personal_filters_equal_global_filter_per_request():
+    torch.manual_seed(2)
+    inputs = torch.randn(3, 11, 4)
+    weights = torch.randn(3, 5, 4, 3)
+    personal = convolve_personal(inputs, weights, stride=1)
+    for request in range(3):
+        alone = convolve_global(inputs[request : request + 1], weights[request], stride=1)
+        torch.testing.assert_close(personal[request : request + 1], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("length,stride", [(1, 4), (7, 4), (8, 4), (9, 4), (10, 1), (13, 3)])
+def test_stride_gives_ceil_length_and_mask(length, stride):
+    layer = TemporalConvolution(3, 3, context_length=2, stride=stride)
+    mask = lengths_mask([length, max(length - 3, 0)], length + 5)
+    outputs, out_mask = layer(torch.randn(2, length + 5, 3), mask)
+    assert outputs.shape[1] == output_length(length + 5, stride)
+    assert out_mask.sum(-1).tolist() == [
+        output_length(length, stride),
+        output_length(max(length - 3, 0), stride),
+    ]
+    assert (outputs[~out_mask] == 0).all()
+
+
+def test_context_length_zero_is_a_per_item_linear_layer():
+    layer = TemporalConvolution(4, 6, context_length=0)
+    inputs = torch.randn(2, 9, 4)
+    outputs, _ = layer(inputs, torch.ones(2, 9, dtype=torch.bool))
+    expected = inputs @ layer.weight[:, :, 0].T + layer.bias
+    torch.testing.assert_close(outputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_contents_never_contribute():
+    torch.manual_seed(3)
+    layer = TemporalConvolution(4, 4, context_length=3)
+    mask = lengths_mask([6, 9], 12)
+    inputs = torch.randn(2, 12, 4)
+    garbage = inputs.clone()
+    garbage[~mask] = 100.0
+    torch.testing.assert_close(layer(garbage, mask)[0], layer(inputs, mask)[0])
+
+
+def changed_outputs(network, position: int, length: int) -> torch.Tensor:
+    """Which outputs of the last layer move when input `position` changes: [L_last] bool."""
+    torch.manual_seed(4)
+    inputs = torch.randn(1, length, 3)
+    mask = torch.ones(1, length, dtype=torch.bool)
+    before = network(inputs, mask)[-1][0]
+    moved = inputs.clone()
+    moved[0, position] += 5.0
+    after = network(moved, mask)[-1][0]
+    return (after - before).abs().amax(-1)[0] > 1e-6
+
+
+@pytest.mark.parametrize(
+    "context_lengths,strides",
+    [([3], [1]), ([2, 1], [1, 1]), ([2, 1, 1], [1, 2, 2]), ([1, 2, 1, 1], [1, 4, 4, 4])],
+)
+def test_receptive_field_one_and_stacked_layers(context_lengths, strides):
+    torch.manual_seed(5)
+    network = TemporalConvNet(3, 3, context_lengths, strides, [None] * len(context_lengths))
+    half_width = receptive_half_widths(context_lengths, strides)[-1]
+    spacing = 1
+    for stride in strides:
+        spacing *= stride
+    output = -(-half_width // spacing) + 1  # an output whose whole field lies inside the input
+    center = output * spacing
+    length = max(32, center + half_width + 4)
+    # Outside the field nothing moves; the center and both edges of the field always reach the
+    # output (inside, a stride wider than the filters can leave gaps, so only these are checked).
+    for position in range(length):
+        moved = changed_outputs(network, position, length)[output].item()
+        if abs(position - center) > half_width:
+            assert not moved, (position, center, half_width)
+    for position in (center - half_width, center, center + half_width):
+        assert changed_outputs(network, position, length)[output].item(), position
+
+
+def test_peg_gives_different_profiles_different_filters():
+    torch.manual_seed(6)
+    layer = TemporalConvolution(
+        3, 4, context_length=2, peg_mode=PEGMode.REPLACE, profile_dim=5, peg_hidden_dim=8
+    )
+    profiles = torch.randn(2, 5)
+    filters = layer.personal_filters(profiles)
+    assert filters.shape == (2, 4, 3, 5)
+    assert not torch.allclose(filters[0], filters[1])
+
+
+def test_peg_replace_equals_convolution_with_generated_weights():
+    torch.manual_seed(7)
+    layer = TemporalConvolution(
+        3, 4, context_length=2, peg_mode=PEGMode.REPLACE, profile_dim=5, peg_hidden_dim=8
+    )
+    assert layer.weight is None  # replace: no global filter at all
+    inputs, profiles = torch.randn(2, 10, 3), torch.randn(2, 5)
+    outputs, _ = layer(inputs, torch.ones(2, 10, dtype=torch.bool), profiles)
+    filters = layer.personal_filters(profiles)
+    for request in range(2):
+        expected = torch.nn.functional.conv1d(
+            inputs[request].T[None], filters[request], layer.bias, padding=2
+        )[0].T
+        torch.testing.assert_close(outputs[request], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", list(PEGMode))
+def test_peg_modes_run_and_keep_the_width(mode):
+    layer = TemporalConvolution(3, 4, context_length=1, peg_mode=mode, profile_dim=5)
+    outputs, _ = layer(torch.randn(2, 7, 3), torch.ones(2, 7, dtype=torch.bool), torch.randn(2, 5))
+    assert outputs.shape == (2, 7, 4)
