@@ -1,0 +1,67 @@
+"""Config: YAML + key=value overrides, typed, validated with messages naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import ConfigError, ShardingType, config_from_dict, load_config
+from trainer.main import DEFAULT_CONFIG, parse_arguments
+
+
+def test_overrides_win_over_yaml_and_are_typed():
+    config = load_config(
+        DEFAULT_CONFIG,
+        [
+            "train.max_steps=20",
+            "train.batch_size=256",
+            "train.sharding_type=row_wise",
+            "train.pipeline=true",
+        ],
+    )
+    assert config.train.max_steps == 20
+    assert config.train.batch_size == 256
+    assert config.train.sharding_type is ShardingType.ROW_WISE
+    assert config.train.pipeline is True
+
+
+def test_model_overrides_are_forwarded_with_yaml_types():
+    config = load_config(
+        None, ["model.embedding_dim=16", "model.mlp_dims=[64,32]", "model.lap.k_top=10"]
+    )
+    assert config.model.options == {"embedding_dim": 16, "mlp_dims": [64, 32], "lap.k_top": 10}
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.max_step=20", "train.max_step"),
+        ("trian.max_steps=20", "trian.max_steps"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.sharding_type=diagonal", "train.sharding_type"),
+        ("train.pipeline=maybe", "train.pipeline"),
+        ("max_steps", "max_steps"),
+    ],
+)
+def test_bad_override_names_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_bad_yaml_key_names_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batch_sise: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.batch_sise"):
+        load_config(path)
+
+
+def test_unknown_model_option_is_rejected_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="embeding_dim"):
+        parse_arguments(["--data", str(tmp_path), "--model", "cain", "model.embeding_dim=3"])
+
+
+def test_resolved_config_round_trips():
+    config = load_config(
+        DEFAULT_CONFIG, ["train.max_steps=7", "model.embedding_dim=16", "output=/tmp/x"]
+    )
+    assert config_from_dict(config.to_dict()) == config

@@ -1,0 +1,212 @@
+"""The Delta reader: disjoint balanced shares, equal step counts, contract-exact batches."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from deltalake import DeltaTable
+
+from etl.feature_spec import FeatureSpec
+from model.batch import Keys
+from model.tables import table_layout
+from trainer.batching import BatchBuilder, SampleDataError, log2_bucket, request_block
+from trainer.data import (
+    DataFile,
+    SamplesTable,
+    SampleStream,
+    rank_share,
+    read_pieces,
+    sample_counts,
+)
+
+
+def _stream(root, split="train", rank=0, world_size=1, seed=None, batch_size=40, max_rows=10_000):
+    spec = FeatureSpec.read(root)
+    table = SamplesTable.open(root, spec)
+    return SampleStream(
+        rank_share(table.files(split), rank, world_size),
+        BatchBuilder(spec, table_layout(spec, max_rows)),
+        split=split,
+        batch_size=batch_size,
+        shuffle_rows=16,
+        read_rows=8,
+        seed=seed,
+        rank=rank,
+    )
+
+
+def test_shares_are_disjoint_and_balanced_by_rows_across_uneven_files():
+    files = [DataFile(f"f{index}", rows, "d") for index, rows in enumerate([2048, 2048, 904, 3000])]
+    shares = [rank_share(files, rank, 4) for rank in range(4)]
+    rows = [sum(piece.rows for piece in share) for share in shares]
+    assert max(rows) - min(rows) <= 1 and sum(rows) == 8000
+    covered = sorted(
+        (piece.file.uri, piece.begin, piece.end) for share in shares for piece in share
+    )
+    for uri in {file.uri for file in files}:  # each file's row ranges tile it with no overlap
+        ranges = [(begin, end) for name, begin, end in covered if name == uri]
+        assert ranges[0][0] == 0
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        assert ranges[-1][1] == next(file.rows for file in files if file.uri == uri)
+
+
+def test_sample_weighted_shares_balance_samples_not_rows(tiny_data):
+    spec = FeatureSpec.read(tiny_data)
+    files = SamplesTable.open(tiny_data, spec).files("train")
+    counts = sample_counts(files, "train")
+    weights = [np.arange(1, file.rows + 1) ** 2 for file in files]  # very uneven rows
+    for row_weights in (counts, weights):
+        shares = [rank_share(files, rank, 3, row_weights) for rank in range(3)]
+        flat = {file.uri: weight for file, weight in zip(files, row_weights, strict=False)}
+        totals = [sum(flat[p.file.uri][p.begin : p.end].sum() for p in share) for share in shares]
+        heaviest_row = max(weight.max() for weight in row_weights)
+        assert sum(totals) == sum(weight.sum() for weight in row_weights)
+        assert max(totals) - min(totals) <= heaviest_row
+    assert sum(count.sum() for count in counts) == spec.splits["train"].samples
+
+
+def test_ranks_read_disjoint_rows_that_cover_the_split(tiny_data):
+    spec = FeatureSpec.read(tiny_data)
+    table = SamplesTable.open(tiny_data, spec)
+    seen = []
+    for rank in range(3):
+        keys = []
+        for part in read_pieces(rank_share(table.files("train"), rank, 3), 8, "train"):
+            keys += list(
+                zip(
+                    part.column("user_id").to_pylist(),
+                    [ts[0] for ts in part.column("req_ts").to_pylist()],
+                    strict=False,
+                )
+            )
+        seen.append(keys)
+    all_keys = [key for keys in seen for key in keys]
+    assert len(all_keys) == len(set(all_keys))  # disjoint
+    expected = (
+        DeltaTable(str(tiny_data / "samples"))
+        .to_pyarrow_table()
+        .filter(pa.compute.equal(pa.compute.field("split"), "train"))
+    )
+    assert len(all_keys) == expected.num_rows  # complete
+    assert max(map(len, seen)) - min(map(len, seen)) <= 1  # balanced
+
+
+def test_histories_follow_the_contract(feed_data):
+    spec = FeatureSpec.read(feed_data)
+    rows = DeltaTable(str(feed_data / "samples")).to_pyarrow_table().to_pylist()
+    expected = []  # (user, req_ts, history items, time-gap buckets, candidates, labels)
+    for row in sorted(rows, key=lambda row: (row["date"], row["user_id"])):
+        if row["split"] != "train":
+            continue
+        begin = 0
+        requests = zip(
+            row["req_ts"], row["req_history_end"], row["req_num_candidates"], strict=True
+        )
+        for ts, end, count in requests:
+            start = max(0, end - spec.max_len)
+            items = row["hist_item_id"][start:end]
+            gaps = [
+                min(spec.time_gap_buckets - 1, int(np.floor(np.log2(1 + ts - t))))
+                for t in row["hist_ts"][start:end]
+            ]
+            expected.append(
+                (
+                    row["user_id"],
+                    items,
+                    gaps,
+                    row["cand_item_id"][begin : begin + count],
+                    row["profile_demographic"],
+                )
+            )
+            begin += count
+    stream = _stream(feed_data, batch_size=10_000)
+    got = []
+    for batch in stream.batches():
+        features = batch.sparse_features.to_dict()
+        items = features[Keys.HIST_ITEM].to_dense()
+        gaps = features[Keys.HIST_TIME_GAP].to_dense()
+        candidates = features[Keys.CAND_ITEM].to_dense()
+        ages = features[Keys.demographic("age")].to_dense()
+        genders = features[Keys.demographic("gender")].to_dense()
+        first_sample = torch.searchsorted(batch.request_index, torch.arange(batch.num_requests))
+        for request in range(batch.num_requests):
+            got.append(
+                (
+                    int(batch.user_ids[first_sample[request]]),
+                    items[request].tolist(),
+                    gaps[request].tolist(),
+                    candidates[request].tolist(),
+                    [int(ages[request][0]), int(genders[request][0])],
+                )
+            )
+        assert all(length <= spec.max_len for length in features[Keys.HIST_ITEM].lengths().tolist())
+    assert sorted(map(str, got)) == sorted(map(str, expected))
+
+
+def test_same_seed_same_batches_and_skip_resumes_the_sequence(tiny_data):
+    def signature(batches):
+        return [(batch.user_ids.tolist(), batch.labels.tolist()) for batch in batches]
+
+    first = signature(_stream(tiny_data, seed=5).batches(epoch=1))
+    assert first == signature(_stream(tiny_data, seed=5).batches(epoch=1))
+    assert first != signature(_stream(tiny_data, seed=6).batches(epoch=1))
+    assert signature(_stream(tiny_data, seed=5).batches(epoch=1, skip=3)) == first[3:]
+
+
+def test_batches_hold_whole_requests_near_the_batch_size(tiny_data):
+    sizes = [batch.num_samples for batch in _stream(tiny_data, seed=1, batch_size=40).batches()]
+    assert all(20 <= size <= 60 + 4 for size in sizes)
+
+
+def test_log2_buckets_are_capped():
+    assert log2_bucket(np.array([0, 1, 2, 3, 10**12]), 8).tolist() == [0, 1, 1, 2, 7]
+
+
+def test_misaligned_row_is_a_clear_error(tiny_data):
+    spec = FeatureSpec.read(tiny_data)
+    table = next(
+        read_pieces(rank_share(SamplesTable.open(tiny_data, spec).files("train"), 0, 1), 4)
+    )
+    broken = table.set_column(
+        table.schema.get_field_index("hist_ts"),
+        "hist_ts",
+        pa.array(
+            [values[:-1] for values in table.column("hist_ts").to_pylist()], pa.list_(pa.int64())
+        ),
+    )
+    with pytest.raises(SampleDataError, match="hist_ts is not aligned"):
+        request_block(broken, spec)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _steps_worker(rank: int, port: int, queue) -> None:
+    from trainer.distributed import ProcessGroup
+    from trainer.loop import SynchronizedBatches
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    group = ProcessGroup(rank, 2, rank, torch.device("cpu"))
+    from types import SimpleNamespace
+
+    local = iter([SimpleNamespace(num_samples=4)] * (3 if rank == 0 else 5))  # rank 1: 2 more
+    queue.put((rank, sum(1 for _ in SynchronizedBatches(local, group))))
+    dist.destroy_process_group()
+
+
+def test_every_rank_runs_the_same_number_of_steps():
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    mp.start_processes(_steps_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
+    assert dict(queue.get(timeout=60) for _ in range(2)) == {0: 3, 1: 3}

@@ -1,0 +1,222 @@
+"""Real `torchrun` runs of trainer/main.py with DMP on gloo: metrics, checkpoints, resume, nodes.
+
+Each run trains a tiny CAIN for a few steps on the session's tiny Delta tables.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
+
+pytestmark = pytest.mark.distributed
+
+METRIC_KEYS = {"model", "auc", "gauc", "logloss", "n_train", "n_test", "train_samples_per_sec"}
+
+
+def _arguments(data, output, *overrides):
+    return [
+        "--data",
+        str(data),
+        "--model",
+        "cain",
+        "--output",
+        str(output),
+        *TINY_OVERRIDES,
+        *overrides,
+    ]
+
+
+def _ok(process: subprocess.CompletedProcess) -> None:
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-6000:]
+
+
+def _metrics(run_dir) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, tmp_path_factory):
+    """An uninterrupted 2-process run: 12 steps, checkpoints every 4."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    process = torchrun(
+        _arguments(tiny_data, run_dir, "train.max_steps=12", "train.checkpoint_every=4")
+    )
+    _ok(process)
+    return run_dir, process
+
+
+def test_two_process_run_writes_metrics_config_and_tensorboard(reference_run):
+    run_dir, process = reference_run
+    metrics = _metrics(run_dir)
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["world_size"] == 2 and metrics["steps"] == 12 and metrics["n_test"] > 0
+    assert 0.0 <= metrics["auc"] <= 1.0 and metrics["gauc_users"] > 0
+    assert "model=cain auc=" in process.stdout and "n_test=" in process.stdout
+    assert (run_dir / "config.yaml").is_file()
+    assert any((run_dir / "tb").iterdir())
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+        "step_00000008",
+        "step_00000012",
+    ]
+
+
+def test_kill_minus_nine_then_relaunch_gives_the_same_metrics(tiny_data, tmp_path, reference_run):
+    arguments = _arguments(tiny_data, tmp_path, "train.max_steps=12", "train.checkpoint_every=4")
+    killed = torchrun(
+        arguments, extra_env={"CAIN_FAULT_KILL_AT_STEP": "6", "CAIN_FAULT_KILL_RANK": "1"}
+    )
+    assert killed.returncode != 0
+    assert not (tmp_path / "metrics.json").exists()
+    resumed = torchrun(arguments)  # the same command
+    _ok(resumed)
+    metrics, reference = _metrics(tmp_path), _metrics(reference_run[0])
+    assert metrics["resumed_from_step"] == 4
+    for key in ("auc", "gauc", "logloss", "n_train", "n_test", "steps"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_resume_on_one_process_continues_and_evaluates_like_two(tiny_data, tmp_path, reference_run):
+    run_dir = reference_run[0]
+    # Mid-run checkpoint, different world size: the sharded tables are resharded on load.
+    shutil.copytree(
+        run_dir / "checkpoints" / "step_00000008",
+        tmp_path / "mid" / "checkpoints" / "step_00000008",
+    )
+    _ok(torchrun(_arguments(tiny_data, tmp_path / "mid", "train.max_steps=12"), nproc=1))
+    assert _metrics(tmp_path / "mid")["resumed_from_step"] == 8
+    # Final checkpoint: evaluation only; one process must reproduce the two-process metrics.
+    shutil.copytree(
+        run_dir / "checkpoints" / "step_00000012",
+        tmp_path / "end" / "checkpoints" / "step_00000012",
+    )
+    _ok(torchrun(_arguments(tiny_data, tmp_path / "end", "train.max_steps=12"), nproc=1))
+    single, double = _metrics(tmp_path / "end"), _metrics(run_dir)
+    assert single["world_size"] == 1 and single["n_test"] == double["n_test"]
+    for key in ("auc", "gauc", "logloss"):
+        assert single[key] == pytest.approx(double[key], abs=1e-5), key
+
+
+def test_corrupted_shard_is_an_error_naming_the_file(tiny_data, tmp_path, reference_run):
+    shutil.copytree(reference_run[0] / "checkpoints", tmp_path / "checkpoints")
+    for checkpoint in (tmp_path / "checkpoints").iterdir():
+        shard = checkpoint / "__1_0.distcp"
+        shard.write_bytes(shard.read_bytes()[:-10])  # truncated
+    process = torchrun(_arguments(tiny_data, tmp_path, "train.max_steps=16"))
+    assert process.returncode != 0
+    assert "__1_0.distcp" in process.stderr and "truncated or corrupted" in process.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_warm_start_on_next_day_data_with_new_ids_and_column_wise_sharding(
+    next_day_data, tmp_path, reference_run
+):
+    # The next day's spec has more items, so the item table grows from 501 to 701 rows: the old
+    # rows are copied, the new ones keep their fresh initialisation.
+    process = torchrun(
+        _arguments(
+            next_day_data,
+            tmp_path,
+            "train.max_steps=4",
+            f"train.warm_start={reference_run[0]}",
+            "train.sharding_type=column_wise",
+        )
+    )
+    _ok(process)
+    log = process.stderr + process.stdout
+    assert "warm start from" in log and "resized 501 -> 701 rows" in log
+    assert _metrics(tmp_path)["steps"] == 4
+
+
+def test_pipeline_matches_the_plain_loop_with_row_wise_sharding(tiny_data, tmp_path):
+    results = {}
+    for pipeline in ("false", "true"):
+        run_dir = tmp_path / pipeline
+        _ok(
+            torchrun(
+                _arguments(
+                    tiny_data,
+                    run_dir,
+                    "train.max_steps=6",
+                    "train.sharding_type=row_wise",
+                    f"train.pipeline={pipeline}",
+                )
+            )
+        )
+        results[pipeline] = _metrics(run_dir)
+    for key in ("auc", "gauc", "logloss", "n_train"):
+        assert results["true"][key] == pytest.approx(results["false"][key], abs=1e-5), key
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_with_one_process_each(tiny_data, tmp_path):
+    port = _free_port()
+    nodes = []
+    for node_rank in (0, 1):
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={node_rank}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--rdzv_id=cain-test",
+        ]
+        command = [
+            *launcher,
+            str(REPO_ROOT / "trainer" / "main.py"),
+            *_arguments(tiny_data, tmp_path, "train.max_steps=4"),
+        ]
+        nodes.append(
+            subprocess.Popen(
+                command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs, strict=False):
+        assert node.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4
+
+
+def test_checkpoint_alone_rebuilds_the_model_for_scoring(tiny_data, reference_run):
+    from trainer.metrics import compute_metrics
+    from trainer.predict import Scorer, score_split
+
+    run_dir = reference_run[0]
+    scorer = Scorer.from_checkpoint(run_dir / "checkpoints" / "step_00000012")
+    scores = score_split(scorer, str(tiny_data), "test", batch_size=256)
+    metrics = compute_metrics(
+        scores.column("label").to_numpy(),
+        scores.column("logit").to_numpy(),
+        scores.column("user_id").to_numpy(),
+    )
+    reference = _metrics(run_dir)
+    assert metrics.samples == reference["n_test"]
+    assert metrics.auc == pytest.approx(reference["auc"], abs=1e-5)
+    assert metrics.logloss == pytest.approx(reference["logloss"], abs=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_single_gpu_run_with_nccl(tiny_data, tmp_path):
+    _ok(
+        torchrun(
+            _arguments(tiny_data, tmp_path, "train.max_steps=4", "train.backend=nccl"), nproc=1
+        )
+    )
+    assert _metrics(tmp_path)["steps"] == 4

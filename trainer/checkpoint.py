@@ -1,0 +1,338 @@
+"""Sharded checkpoints with `torch.distributed.checkpoint` (DCP), safe to load and to resume from.
+
+Layout of `RUN_DIR/checkpoints/step_00000042/`:
+
+    .metadata, __<rank>_0.distcp   DCP: {"model": DMP state_dict, "optimizer": fused + dense state}
+    trainer_state.json             model name, resolved config, step, epoch, data position,
+                                   world size, samples, data table version
+    rng_rank<r>.json               torch / NumPy / Python RNG states of rank r
+    manifest.json                  size and SHA-256 of every file above (written last)
+
+A checkpoint is written into `step_X.partial/` and renamed when the manifest is complete, so a
+crash mid-save leaves no directory that looks finished. Loading verifies the manifest first, so a
+truncated, corrupted or missing shard raises `CheckpointError` naming the file — never a silent
+fresh start — and reads DCP's pickled `.metadata` with an allow-list unpickler (the tensor shards
+themselves go through `torch.load(weights_only=True)` inside DCP): no arbitrary object is ever
+unpickled.
+
+Embedding tables and their optimizer state are sharded tensors, so DCP reshards them when the
+world size or sharding type changes on resume.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import pickle
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupted; the message names the file."""
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata only: its dataclasses, torch.Size, dtypes, paths."""
+
+    _TORCH_NAMES = {"Size", "device", "memory_format", "layout"}
+    _OTHER = {
+        ("torch.serialization", "_get_layout"),
+        ("torch._utils", "_get_layout"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "slice"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("torch.distributed.checkpoint.") and not name.startswith("__"):
+            return super().find_class(module, name)
+        if module == "torch" and (
+            name in self._TORCH_NAMES or isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        if (module, name) in self._OTHER:
+            return super().find_class(module, name)
+        raise CheckpointError(
+            f"checkpoint metadata refers to {module}.{name}, which is not allowed"
+        )
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader with the metadata read through the allow-list unpickler."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as handle:
+                metadata = _AllowListUnpickler(handle).load()
+        except FileNotFoundError:
+            raise CheckpointError(f"missing checkpoint file {path}") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+            raise CheckpointError(f"corrupted checkpoint file {path}: {error}") from error
+        if not isinstance(metadata, Metadata):
+            raise CheckpointError(f"{path} does not hold DCP metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(directory: Path) -> dict[str, Any]:
+    """Check every file against the manifest; return trainer_state.json. Raise naming the file."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"missing checkpoint file {manifest_path} (incomplete checkpoint)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"corrupted checkpoint file {manifest_path}: {error}") from error
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"missing checkpoint file {path}")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise CheckpointError(
+                f"truncated or corrupted checkpoint file {path}: {size} bytes, manifest says "
+                f"{expected['size']}"
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"corrupted checkpoint file {path}: SHA-256 does not match")
+    state = json.loads((directory / STATE_FILE).read_text())
+    if state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{directory / STATE_FILE}: unknown format {state.get('format')!r}")
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch_state = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
+    torch.set_rng_state(torch.from_numpy(torch_state))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (numpy_state[0], np.array(numpy_state[1], dtype=np.uint32), *numpy_state[2:])
+    )
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a resume needs besides the weights: trainer_state.json as written."""
+
+    directory: Path
+    state: dict[str, Any]
+
+
+class Checkpoints:
+    """Save / find / load the checkpoints of one run directory.
+
+    Args:
+        directory: RUN_DIR/checkpoints.
+        keep: how many newest step checkpoints to keep (older ones are deleted by rank 0).
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def _is_main(self) -> bool:
+        return not dist.is_initialized() or dist.get_rank() == 0
+
+    def _barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+    ) -> Path:
+        """Collective: every rank calls it at the same step."""
+        final = self.directory / f"step_{step:08d}"
+        partial = self.directory / f"step_{step:08d}.partial"
+        if self._is_main():
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        dcp.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+            checkpoint_id=partial,
+        )
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        (partial / f"rng_rank{rank}.json").write_text(json.dumps(_rng_state()))
+        self._barrier()
+        if self._is_main():
+            (partial / STATE_FILE).write_text(
+                json.dumps({"format": FORMAT_VERSION, **state}, indent=2)
+            )
+            files = {
+                path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+                for path in sorted(partial.iterdir())
+                if path.is_file()
+            }
+            (partial / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            self._prune()
+        self._barrier()
+        logger.info("checkpoint saved: %s", final)
+        return final
+
+    def _prune(self) -> None:
+        complete = self.complete()
+        for old in complete[: max(len(complete) - self.keep, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoint directories (renamed from .partial), oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            path
+            for path in self.directory.iterdir()
+            if path.is_dir()
+            and path.name.startswith("step_")
+            and not path.name.endswith(".partial")
+        )
+
+    def latest(self) -> Path | None:
+        complete = self.complete()
+        return complete[-1] if complete else None
+
+
+def load(
+    directory: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    restore_rng: bool,
+) -> Restored:
+    """Verify, then load weights (and optimizer state when given) into the DMP model in place."""
+    directory = Path(directory)
+    state = verify(directory)
+    content: dict[str, Any] = {"model": model.state_dict()}
+    if optimizer is not None:
+        content["optimizer"] = optimizer.state_dict()
+    try:
+        dcp.load(content, storage_reader=SafeFileSystemReader(directory))
+    except CheckpointError:
+        raise
+    except Exception as error:  # DCP wraps per-rank failures in CheckpointException
+        raise CheckpointError(f"cannot load checkpoint {directory}: {error}") from error
+    model.load_state_dict(content["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(content["optimizer"])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rng_file = directory / f"rng_rank{rank}.json"
+    if (
+        restore_rng
+        and rng_file.is_file()
+        and state.get("world_size") == (dist.get_world_size() if dist.is_initialized() else 1)
+    ):
+        _set_rng_state(json.loads(rng_file.read_text()))
+    return Restored(directory=directory, state=state)
+
+
+def warm_start(directory: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Initialise weights from another run's checkpoint (daily retraining); optimizer starts fresh.
+
+    Tables whose row count changed (a new day's spec with more ids and rows below the cap) get
+    the overlapping rows copied and keep their fresh initialisation for the new rows; every
+    other parameter must match in shape. Returns the source's trainer_state.json.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"warm start: no checkpoint directory {directory}")
+    if not (directory / MANIFEST).is_file():  # a run directory: take its newest checkpoint
+        latest = Checkpoints(directory / "checkpoints").latest() or Checkpoints(directory).latest()
+        if latest is None:
+            raise CheckpointError(f"warm start: no checkpoint under {directory}")
+        directory = latest
+    state = verify(directory)
+    reader = SafeFileSystemReader(directory)
+    metadata = reader.read_metadata()
+    target = model.state_dict()
+    same, resized = {}, {}
+    for key, value in target.items():
+        stored = metadata.state_dict_metadata.get(f"model.{key}")
+        if stored is None:
+            raise CheckpointError(f"warm start: {directory} has no parameter {key}")
+        stored_size = tuple(getattr(stored, "size", ()))
+        if stored_size == tuple(
+            value.shape if not isinstance(value, ShardedTensor) else value.size()
+        ):
+            same[key] = value
+        elif (
+            isinstance(value, ShardedTensor)
+            and len(stored_size) == 2
+            and stored_size[1] == value.size()[1]
+        ):
+            resized[key] = (value, stored_size)
+        else:
+            raise CheckpointError(
+                f"warm start: {key} has shape {stored_size} in {directory}, "
+                f"model expects {tuple(value.shape)}"
+            )
+    content = {"model": same}
+    dcp.load(content, storage_reader=SafeFileSystemReader(directory))
+    for key, (sharded, stored_size) in resized.items():
+        # The old table is read whole on every rank (tables that change size are the small,
+        # uncapped ones), then each rank copies the overlap into its own shards.
+        old = {"model": {key: torch.empty(stored_size, dtype=sharded.dtype)}}
+        dcp.load(old, storage_reader=SafeFileSystemReader(directory))
+        old_table = old["model"][key]
+        for shard in sharded.local_shards():
+            row, column = shard.metadata.shard_offsets
+            rows, columns = shard.metadata.shard_sizes
+            overlap = max(0, min(rows, stored_size[0] - row))
+            if overlap:
+                shard.tensor[:overlap].copy_(
+                    old_table[row : row + overlap, column : column + columns]
+                )
+        logger.info("warm start: %s resized %s -> %s rows", key, stored_size[0], sharded.size()[0])
+    model.load_state_dict({**target, **same}, strict=False)
+    return state

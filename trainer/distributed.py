@@ -1,0 +1,248 @@
+"""Process group, sharding plan, DistributedModelParallel and optimizers.
+
+The sparse side (every `EmbeddingCollection` table) is sharded by TorchRec's planner with the
+sharding type from the config and always the *fused* compute kernel: the embedding optimizer runs
+inside the backward pass (FBGEMM's TBE), which is also the only kernel that works on CPU
+(`data_parallel` and `dense` crash there, FBGEMM #4586). Dense parameters are replicated (DDP
+inside DMP) and stepped by Adam.
+
+Works under `torchrun` on one or many nodes: rank, world size and the rendezvous come from the
+environment torchrun sets; without it (a plain `python` call or a test) a 1-process gloo group on
+a free localhost port is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.optim import PartialRowWiseAdam, RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from trainer.config import Backend, SparseOptimizer, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+SPARSE_OPTIMIZERS: dict[SparseOptimizer, type[torch.optim.Optimizer]] = {
+    SparseOptimizer.ROWWISE_ADAGRAD: RowWiseAdagrad,
+    SparseOptimizer.ROWWISE_ADAM: PartialRowWiseAdam,
+    SparseOptimizer.ADAM: torch.optim.Adam,
+}
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where this process sits: global rank, world size, local rank and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def init_process_group(backend: Backend, timeout_minutes: int = 30) -> ProcessGroup:
+    """Join (or create, outside torchrun) the default process group; pick this rank's device."""
+    if "RANK" not in os.environ:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and backend != Backend.GLOO
+    if backend == Backend.NCCL and not torch.cuda.is_available():
+        raise RuntimeError("train.backend=nccl needs CUDA; use gloo (or auto) on CPU")
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=timedelta(minutes=timeout_minutes),
+            device_id=device if use_cuda else None,
+        )
+    return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+class _LookupResult(nn.Module):
+    """Stands in for the model's EmbeddingCollection: returns the lookup `LookupFirst` made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.result: dict | None = None
+
+    def forward(self, features):  # noqa: ARG002 - same signature as the collection it replaces
+        result, self.result = self.result, None
+        return result
+
+
+class LookupFirst(nn.Module):
+    """Calls the model's one EmbeddingCollection on `batch.sparse_features` first, then the model.
+
+    Why: TrainPipelineSparseDist finds the sharded collection's input by FX-tracing the forward
+    from the root down to it, and the models' embedding arch has data-dependent control flow on
+    that path (padding to the longest history). Lifting the lookup to the top makes the path
+    trivially traceable (the rest of the model is one leaf call), and the numbers are unchanged:
+    the model receives exactly the lookup it would have made. Used in both loop modes so the
+    checkpoint keys do not depend on the `train.pipeline` switch.
+
+    Args:
+        train_module: CTRTrain(model) whose model holds exactly one EmbeddingCollection.
+    """
+
+    def __init__(self, train_module: nn.Module) -> None:
+        super().__init__()
+        owners = [
+            (parent, name)
+            for parent in train_module.modules()
+            for name, child in parent.named_children()
+            if isinstance(child, EmbeddingCollection)
+        ]
+        if len(owners) != 1:
+            raise ValueError(f"expected one EmbeddingCollection in the model, found {len(owners)}")
+        parent, name = owners[0]
+        self.embedding_collection = getattr(parent, name)
+        self.lookup_result = _LookupResult()
+        setattr(parent, name, self.lookup_result)
+        self.train_module = train_module
+
+        # TrainPipelineSparseDist.progress returns only the second output: with this switch the
+        # forward returns (loss, (loss, logits)) so the loop can still log the loss.
+        self.loss_in_output = False
+
+    def forward(self, batch):
+        self.lookup_result.result = self.embedding_collection(batch.sparse_features)
+        loss, logits = self.train_module(batch)
+        if self.loss_in_output:
+            return loss, (loss.detach(), logits)
+        return loss, logits
+
+
+def embedding_configs(module: nn.Module) -> list[EmbeddingConfig]:
+    """Every table of every EmbeddingCollection in `module`."""
+    return [
+        config
+        for child in module.modules()
+        if isinstance(child, EmbeddingCollection)
+        for config in child.embedding_configs()
+    ]
+
+
+def sharding_plan(
+    module: nn.Module, group: ProcessGroup, config: TrainConfig, sharders: list
+) -> ShardingPlan:
+    """The planner's plan with every table restricted to one sharding type and the fused kernel.
+
+    `collective_plan` computes it on rank 0 and broadcasts it, so all ranks agree.
+    """
+    tables = embedding_configs(module)
+    if not tables:
+        raise ValueError("the model has no EmbeddingCollection: nothing for DMP to shard")
+    constraints = {
+        table.name: ParameterConstraints(
+            sharding_types=[config.sharding_type.value],
+            compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+        )
+        for table in tables
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(
+            world_size=group.world_size,
+            compute_device=group.device.type,
+            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", group.world_size)),
+        ),
+        batch_size=config.batch_size,
+        constraints=constraints,
+    )
+    return planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
+
+
+def distribute(
+    module: nn.Module, group: ProcessGroup, config: TrainConfig
+) -> tuple[DistributedModelParallel, ShardingPlan]:
+    """Attach the fused sparse optimizer, plan, and wrap `module` (tables on meta) in DMP."""
+    tables = [
+        parameter
+        for child in module.modules()
+        if isinstance(child, EmbeddingCollection)
+        for parameter in child.parameters()
+    ]
+    optimizer_options: dict[str, float] = {"lr": config.sparse_lr}
+    apply_optimizer_in_backward(
+        SPARSE_OPTIMIZERS[config.sparse_optimizer], tables, optimizer_options
+    )
+    sharders = [EmbeddingCollectionSharder()]
+    plan = sharding_plan(module, group, config, sharders)
+    model = DistributedModelParallel(module, device=group.device, plan=plan, sharders=sharders)
+    return model, plan
+
+
+def dense_optimizer(model: DistributedModelParallel, learning_rate: float) -> CombinedOptimizer:
+    """Adam over the replicated parameters combined with DMP's fused sparse optimizer.
+
+    The combined optimizer's state_dict holds both (sharded tensors for the tables), which is what
+    the checkpoint saves.
+    """
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(model.named_parameters())),
+        lambda parameters: torch.optim.Adam(parameters, lr=learning_rate),
+    )
+    # Adam's state is lazy: a parameter that has had no gradient yet (a branch some batches skip)
+    # has none, so a checkpoint would lack it and a resumed run would take a different first step
+    # for it. A zero-gradient step now gives every parameter state in every run, resumed or not.
+    dense.init_state()
+    for parameter in dense.params.values():
+        parameter.grad = None
+    return CombinedOptimizer([model.fused_optimizer, dense])
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """True when `flag` holds on every rank (a MIN all-reduce; one int per call)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def any_rank_true(flag: bool, device: torch.device) -> bool:
+    """True when `flag` holds on at least one rank (a MAX all-reduce)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (float64)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()

@@ -1,0 +1,197 @@
+"""Scoring: rebuild a trained model from its checkpoint alone and score requests.
+
+    python -m trainer.predict --checkpoint RUN_DIR/checkpoints/step_00000042 \
+        --data ROOT --split test --output scores.parquet
+
+A checkpoint carries the model name, the resolved config and the feature spec
+(`trainer_state.json`), so `Scorer.from_checkpoint` needs nothing else: it builds the model on
+CPU (or the given device) in one process, loads the sharded weights through DCP — which gathers
+the shards into full tables whatever world size and sharding wrote them — and scores `Batch`es or
+raw rows of the samples table. `Scorer.random` builds an untrained model for latency benchmarks.
+
+Letters: B candidates of the scored requests.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed.checkpoint as dcp
+from tqdm import tqdm
+
+from etl.feature_spec import FeatureSpec
+from model.batch import Batch
+from model.registry import build_model
+from model.train_wrapper import CTRTrain
+from trainer import checkpoint
+from trainer.batching import BatchBuilder, request_block
+from trainer.data import SamplesTable, SampleStream, rank_share
+from trainer.distributed import LookupFirst
+from trainer.main import layout_of
+
+logger = logging.getLogger("trainer.predict")
+
+
+@dataclass
+class Scorer:
+    """A model in eval mode plus the batch builder matching its tables.
+
+    Args:
+        module: LookupFirst(CTRTrain(model)), the same module tree the trainer checkpoints.
+        builder: samples rows -> Batch with this model's row mapping.
+        model_name: registry name.
+        device: where scoring runs.
+    """
+
+    module: LookupFirst
+    builder: BatchBuilder
+    model_name: str
+    device: torch.device
+
+    @staticmethod
+    def random(
+        model_name: str,
+        spec: FeatureSpec,
+        options: dict | None = None,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> Scorer:
+        """An untrained model (seeded) for latency measurements."""
+        torch.manual_seed(seed)
+        model = build_model(model_name, spec, options or {}, embedding_device=torch.device(device))
+        module = LookupFirst(CTRTrain(model))
+        layout = layout_of(module)
+        return Scorer(
+            module.to(device).eval(), BatchBuilder(spec, layout), model_name, torch.device(device)
+        )
+
+    @staticmethod
+    def from_checkpoint(directory: str | Path, device: str = "cpu") -> Scorer:
+        directory = Path(directory)
+        state = checkpoint.verify(directory)
+        if "feature_spec" not in state:
+            raise checkpoint.CheckpointError(
+                f"{directory / checkpoint.STATE_FILE} has no feature_spec"
+            )
+        spec = FeatureSpec.from_dict(
+            state["feature_spec"], origin=str(directory / checkpoint.STATE_FILE)
+        )
+        options = state["config"]["model"].get("options", {})
+        model = build_model(state["model"], spec, options, embedding_device=torch.device("cpu"))
+        module = LookupFirst(CTRTrain(model))
+        builder = BatchBuilder(spec, layout_of(module))
+        # Only the weights: DCP reads every shard the keys need and fills the full local tensors.
+        content = {"model": module.state_dict()}
+        try:
+            dcp.load(
+                content, storage_reader=checkpoint.SafeFileSystemReader(directory), no_dist=True
+            )
+        except checkpoint.CheckpointError:
+            raise
+        except Exception as error:
+            raise checkpoint.CheckpointError(
+                f"cannot load checkpoint {directory}: {error}"
+            ) from error
+        module.load_state_dict(content["model"])
+        logger.info("loaded %s (step %d) from %s", state["model"], state["step"], directory)
+        return Scorer(module.to(device).eval(), builder, state["model"], torch.device(device))
+
+    @torch.inference_mode()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Logits [B] for a Batch."""
+        _, logits = self.module(batch.to(self.device))
+        return logits.float()
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Click probabilities [B] for a Batch."""
+        return torch.sigmoid(self.logits(batch))
+
+    def score_rows(self, rows: pa.Table) -> np.ndarray:
+        """Probabilities of every candidate of every request in `rows` (samples-table rows), in
+        the rows' candidate order. [total candidates]."""
+        block = request_block(rows, self.builder.spec)
+        return self.score(self.builder.build(block, np.arange(block.num_requests))).cpu().numpy()
+
+
+def score_split(scorer: Scorer, root: str, split: str, batch_size: int) -> pa.Table:
+    """Score a whole split of the samples table: user_id, label, logit, score per candidate."""
+    spec = scorer.builder.spec
+    table = SamplesTable.open(root, spec)
+    stream = SampleStream(
+        rank_share(table.files(split), 0, 1),
+        scorer.builder,
+        split=split,
+        batch_size=batch_size,
+        shuffle_rows=1024,
+        read_rows=256,
+        seed=None,
+    )
+    users, labels, logits = [], [], []
+    for batch in tqdm(stream.batches(), desc=f"score {split}", unit="batch"):
+        users.append(batch.user_ids.numpy())
+        labels.append(batch.labels.numpy())
+        logits.append(scorer.logits(batch).cpu().numpy())
+    logit = np.concatenate(logits) if logits else np.zeros(0, np.float32)
+    return pa.table(
+        {
+            "user_id": np.concatenate(users) if users else np.zeros(0, np.int64),
+            "label": np.concatenate(labels) if labels else np.zeros(0, np.float32),
+            "logit": logit,
+            "score": 1.0 / (1.0 + np.exp(-logit.astype(np.float64))),
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint directory (step_XXXXXXXX) or a run directory",
+    )
+    parser.add_argument("--data", required=True, help="ETL output root")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--output", required=True, help="Parquet file for user_id, label, score")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    directory = Path(arguments.checkpoint)
+    if not (directory / checkpoint.MANIFEST).is_file():
+        latest = checkpoint.Checkpoints(directory / "checkpoints").latest()
+        if latest is None:
+            sys.exit(f"no checkpoint under {directory}")
+        directory = latest
+    scorer = Scorer.from_checkpoint(directory)
+    scores = score_split(scorer, arguments.data, arguments.split, arguments.batch_size)
+    Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(scores, arguments.output)
+    from trainer.metrics import compute_metrics
+
+    metrics = compute_metrics(
+        scores.column("label").to_numpy(),
+        scores.column("logit").to_numpy(),
+        scores.column("user_id").to_numpy(),
+    )
+    print(
+        f"model={scorer.model_name} auc={metrics.auc:.4f} gauc={metrics.gauc:.4f} "
+        f"logloss={metrics.logloss:.4f} n={metrics.samples} -> {arguments.output}"
+    )
+
+
+if __name__ == "__main__":
+    main()
