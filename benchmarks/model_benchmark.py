@@ -13,7 +13,12 @@ ratios within one run are comparable.
 
 Each sample is its own request (`--candidates-per-request 1`), as in the peer, so nothing is
 shared between samples. The inference column scores one request with 100 candidates that share
-one L=1000 history (eval mode, no grad): p50 / p99 over `--inference-runs` runs.
+one L=1000 history (eval mode, no grad): p50 / p99 over `--inference-runs` runs; models with
+PEG are timed again with the PEG filter cache on (`peg_cache_size`, the same request repeated: a
+returning user whose filters are cached).
+
+`VARIANTS` names switch settings that are not registered models (`cain_b32`: CAIN with a rank-32
+TCN, `tcn_bottleneck_dim=32`).
 
 Peer defaults are lighter than the papers' (TWIN 1 head, SDIM 1 signature × 4 bits, top-k 50);
 `PEER_SETTINGS` applies them so the comparison is like for like. The body runs without side
@@ -31,8 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+# On a shared machine, OpenMP workers that spin while waiting thrash against other processes
+# (a 2-thread LAP request took 4x its 1-thread time here); sleeping workers do not. Must be set
+# before torch loads OpenMP; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,7 +67,12 @@ PEER_SETTINGS: dict[str, dict[str, object]] = {
     "sim_soft": {"sim_soft.top_k": 50},
     "eta": {"eta.top_k": 50},
 }
-DEFAULT_MODELS = ["din", "sim_soft", "eta", "sdim", "twin", "lap", "cain", "lap_tcn"]
+# Benchmark-only names for switch settings of a registered model: name -> (model, overrides).
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "cain_b32": ("cain", {"tcn_bottleneck_dim": 32}),  # rank-32 TCN (not the paper's default)
+}
+DEFAULT_MODELS = ["din", "sim_soft", "eta", "sdim", "twin", "lap", "cain", "cain_b32", "lap_tcn"]
+FLOP_REQUESTS = 8  # FLOPs per sample are counted on this many requests (they scale linearly)
 
 
 def benchmark_spec(max_len: int):
@@ -79,8 +94,15 @@ def gemm_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def overrides_for(name: str) -> dict[str, object]:
-    return {**BODY, **PEER_SETTINGS.get(name, {})}
+def model_and_overrides(name: str) -> tuple[str, dict[str, object]]:
+    """Registered model name and overrides for a benchmark name (a model or a `VARIANTS` key)."""
+    model, extra = VARIANTS.get(name, (name, {}))
+    return model, {**BODY, **PEER_SETTINGS.get(model, {}), **extra}
+
+
+def build(name: str, spec, **extra: object) -> torch.nn.Module:
+    model, overrides = model_and_overrides(name)
+    return build_model(model, spec, {**overrides, **extra})
 
 
 def train_step_seconds(
@@ -90,7 +112,7 @@ def train_step_seconds(
     num_requests = -(-args.batch_size // candidates_per_request)
     batch_size = num_requests * candidates_per_request
     torch.manual_seed(0)
-    model = CTRTrain(build_model(name, spec, overrides_for(name)))
+    model = CTRTrain(build(name, spec))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = [
         synthetic_batch(
@@ -110,12 +132,21 @@ def train_step_seconds(
         optimizer.step()
 
     # FlopCounterMode counts a grouped convolution's backward as if it had one group (R times too
-    # many FLOPs), so the count runs on the unfold reference of the TCN: the same arithmetic.
+    # many FLOPs), so the count runs on the unfold reference of the TCN: the same arithmetic. It
+    # runs on FLOP_REQUESTS requests (every counted matmul scales with requests or candidates).
+    flop_requests = min(num_requests, FLOP_REQUESTS)
+    flop_batch = synthetic_batch(
+        spec,
+        num_requests=flop_requests,
+        candidates_per_request=candidates_per_request,
+        history_length=length,
+        seed=5,
+    )
     convolutions = [m for m in model.modules() if isinstance(m, TemporalConvolution)]
     for convolution in convolutions:
         convolution.fast = False
     with FlopCounterMode(display=False) as counter:
-        step(batches[0])
+        step(flop_batch)
     for convolution in convolutions:
         convolution.fast = True
     times = []
@@ -130,14 +161,14 @@ def train_step_seconds(
         "requests": num_requests,
         "step_s": seconds,
         "samples_per_s": batch_size / seconds,
-        "flops_per_sample": counter.get_total_flops() / batch_size,
+        "flops_per_sample": counter.get_total_flops() / (flop_requests * candidates_per_request),
     }
 
 
-def inference_ms(name: str, args: argparse.Namespace) -> list[float]:
+def inference_ms(name: str, args: argparse.Namespace, **extra: object) -> list[float]:
     spec = benchmark_spec(1000)
     torch.manual_seed(0)
-    model = build_model(name, spec, overrides_for(name)).eval()
+    model = build(name, spec, **extra).eval()
     batch = synthetic_batch(
         spec, num_requests=1, candidates_per_request=100, history_length=1000, seed=3
     )
@@ -174,6 +205,9 @@ def markdown_table(results: dict[str, dict], lengths: list[int], gflops: float) 
         inference_cell = f"{inference[0]:.1f} / {inference[1]:.1f}" if inference else "–"
         if inference and "inference_ms" in peer:
             inference_cell += f" ({peer['inference_ms'][0]} / {peer['inference_ms'][1]})"
+        cached = result.get("inference_peg_cached_ms")
+        if cached:
+            inference_cell += f"; PEG cached {cached[0]:.1f} / {cached[1]:.1f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {flops_cell} | {inference_cell} |")
     return (
         "\n".join(lines)
@@ -214,7 +248,7 @@ def main() -> None:
     results: dict[str, dict] = previous.get("results", {})
     for name in args.models:
         entry = results.setdefault(name, {"train": {}})
-        entry["config"] = config_to_dict(resolve_config(name, overrides_for(name)))
+        entry["config"] = config_to_dict(resolve_config(*model_and_overrides(name)))
         del entry["config"]["mlp_dims"]  # the same for all models: see setup.body
         for length in args.lengths:
             measured = train_step_seconds(name, length, args.candidates_per_request, args)
@@ -230,6 +264,11 @@ def main() -> None:
             print(
                 f"{name:>14} inference 100 candidates, L=1000: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
             )
+            if "peg_cache_size" in entry["config"]:
+                # The same request again with the PEG filter cache on: a returning user.
+                entry["inference_peg_cached_ms"] = inference_ms(name, args, peg_cache_size=4)
+                p50, p99 = entry["inference_peg_cached_ms"]
+                print(f"{name:>14}   with PEG filters cached: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     for name in args.protocol_models:
         entry = results.setdefault(name, {"train": {}})
         measured = train_step_seconds(name, 1000, args.protocol_candidates, args)
@@ -253,15 +292,18 @@ def main() -> None:
     ]
     gflops = statistics.median([g for run in runs for g in run["gemm_gflops"]])
 
-    ratios = {}
-    if "cain" in results and "lap" in results:
-        for key in results["cain"]["train"]:
-            if key in results["lap"]["train"]:
-                ratios[key] = (
-                    results["lap"]["train"][key]["samples_per_s"]
-                    / results["cain"]["train"][key]["samples_per_s"]
-                )
-        print("CAIN step time / LAP step time:", {k: round(v, 2) for k, v in ratios.items()})
+    ratios: dict[str, dict[str, float]] = {}
+    for name in [n for n in results if n.startswith("cain")]:
+        if "lap" not in results:
+            break
+        ratios[name] = {
+            key: results["lap"]["train"][key]["samples_per_s"]
+            / results[name]["train"][key]["samples_per_s"]
+            for key in results[name]["train"]
+            if key in results["lap"]["train"]
+        }
+        rounded = {key: round(value, 2) for key, value in ratios[name].items()}
+        print(f"{name} step time / LAP step time:", rounded)
     lengths = sorted({int(k) for entry in results.values() for k in entry["train"]})
     print(markdown_table(results, lengths, gflops))
     output = {
@@ -285,6 +327,7 @@ def main() -> None:
             "categories": 10_000,
         },
         "runs": runs,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "results": results,
         "cain_over_lap_step_time": ratios,
         "peer": {"models": PEER, "gemm_gflops": PEER_GEMM_GFLOPS},

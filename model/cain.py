@@ -27,6 +27,11 @@ Switches (paper defaults unless marked "unpublished"):
 - Activation between TCN layers: ReLU (unpublished); each layer's linear output feeds its
   attention.
 - `fast_convolution` = True: conv1d / grouped conv; False runs the unfold reference.
+- `tcn_bottleneck_dim` (not in the paper; default None = the paper's full Dv -> Dk filters): b
+  makes every TCN layer a rank-b convolution (project to b, convolve b -> b with global / PEG
+  filters, project to Dk), about K·Dv·Dk / (K·b² + (Dv + Dk)·b) times cheaper (≈10x at b = 32).
+- `peg_cache_size` = 0: in eval mode without grad, keep PEG filters of that many distinct
+  profiles and reuse them (exact; a serving cache per user).
 
 Letters: R requests, C candidates per request, L history length, Dk key width (2·D), Dv value
 width, N layers.
@@ -103,6 +108,8 @@ class CAINConfig(BodyConfig):
     )
     peg_hidden_dim: int = 32
     fast_convolution: bool = True
+    tcn_bottleneck_dim: int | None = None
+    peg_cache_size: int = 0
     lap: LAPAttentionConfig = field(default_factory=LAPAttentionConfig)
     twin: TWINAttentionConfig = field(default_factory=TWINAttentionConfig)
     sim_soft: SIMSoftAttentionConfig = field(default_factory=SIMSoftAttentionConfig)
@@ -141,6 +148,10 @@ class MultiScopeArch(nn.Module):
         self.config = config
         self.use_context = config.context_length >= 0
         num_layers = config.num_layers if self.use_context else 0
+        if config.tcn_bottleneck_dim is not None and config.tcn_bottleneck_dim < 1:
+            raise ValueError(f"tcn_bottleneck_dim={config.tcn_bottleneck_dim} must be >= 1 or None")
+        if config.peg_cache_size < 0:
+            raise ValueError(f"peg_cache_size={config.peg_cache_size} must be >= 0")
         self.peg_groups = tuple(
             group.value if group is not PEGInput.BEHAVIOR_STATISTICS else "dense"
             for group in config.peg_inputs
@@ -176,6 +187,8 @@ class MultiScopeArch(nn.Module):
             profile_dim=profile_dim,
             peg_hidden_dim=config.peg_hidden_dim,
             fast=config.fast_convolution,
+            bottleneck_dim=config.tcn_bottleneck_dim,
+            peg_cache_size=config.peg_cache_size,
         )
         # Without a TCN the major attention reads raw keys and values, as the plain baseline does.
         major_value_dim = key_dim if self.use_context else value_dim

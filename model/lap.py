@@ -13,8 +13,9 @@ Three cascading levels, each narrowing the history for the next, and all three o
 LAP's method section is not public; this is a reading of it with every choice a switch:
 `csa_heads`, `k_mid` (100), `msa_heads` (4), `k_top` (20), `fsa` (activation unit / multi-head +
 FFN), `integration` (concat / sum). `level_overlap` (a diagnostic, not a gradient path) holds,
-after each forward, the fraction of MSA's finalists that CSA alone would also have ranked in its
-top k_top: how much the middle level changes the selection.
+after each training-mode forward (not computed in eval mode: it is off the serving path), the
+fraction of MSA's finalists that CSA alone would also have ranked in its top k_top: how much the
+middle level changes the selection.
 
 Keys/values are projected once per request over the full history (CSA needs all of them); the
 later levels gather from those projections or project their few rows, whichever is cheaper.
@@ -36,8 +37,6 @@ from model.layers.attention import (
     ActivationUnitAttention,
     TargetAttention,
     normalize_scores,
-    pool_selected,
-    score_selected,
 )
 from model.layers.mlp import MLP
 from model.layers.retrieval import gather_rows, masked_top_k
@@ -106,12 +105,9 @@ class LAPAttention(nn.Module):
         mid_index, mid_valid = masked_top_k(coarse_scores.mean(2), mask, self.config.k_mid)
 
         # MSA: multi-head attention over the k_mid; highest weight over heads picks the k_top.
-        medium_keys, medium_values = self.medium.project_selected(keys, values, mid_index)
-        medium_scores = score_selected(
-            self.medium.project_queries(queries), medium_keys
-        )  # [R, C, H, Km]; medium_keys/values [R, C, Km, H, E]
-        medium_weights = normalize_scores(medium_scores, mid_valid[:, :, None, :], True)
-        medium = pool_selected(medium_weights, medium_values)  # [R, C, H·E]
+        medium_weights, medium = self.medium.attend_selected(
+            queries, keys, values, mid_index, mid_valid
+        )  # weights [R, C, H, Km], medium [R, C, H·E]
         top_in_mid, top_valid = masked_top_k(medium_weights.amax(2), mid_valid, self.config.k_top)
         top_index = torch.gather(mid_index, -1, top_in_mid)  # [R, C, Kt] positions in L
 
@@ -122,7 +118,8 @@ class LAPAttention(nn.Module):
         else:
             fine = self.fine.forward_selected(queries, keys, values, top_index, top_valid)
             fine = fine + self.fine_ffn(fine)
-        self.level_overlap = self._overlap(coarse_scores.mean(2), mask, top_index, top_valid)
+        if self.training:  # a training diagnostic: kept off the serving path (≈1.5 ms there)
+            self.level_overlap = self._overlap(coarse_scores.mean(2), mask, top_index, top_valid)
 
         levels = (coarse, medium, fine)
         if self.config.integration is Integration.SUM:

@@ -57,6 +57,9 @@ class BodyConfig:
         short_term_heads: heads when that scorer is MULTI_HEAD.
         attention_hidden_dims: DIN activation-unit MLP (DIN code: 80-40), used wherever that
             unit appears.
+        split_over_arch: when requests have several candidates, compute the over arch's profile
+            term once per request (`OverArch.forward_split`; the same function and parameters);
+            False always concatenates the profile per candidate (the reference).
     """
 
     embedding_dim: int = 64
@@ -66,6 +69,7 @@ class BodyConfig:
     short_term_attention: ShortTermAttention = ShortTermAttention.ACTIVATION_UNIT
     short_term_heads: int = 2
     attention_hidden_dims: tuple[int, ...] = (80, 40)
+    split_over_arch: bool = True
 
 
 @dataclass
@@ -162,16 +166,20 @@ class LifelongCTRModel(nn.Module):
         queries = groups.to_requests(embedded.candidates)  # [R, C, 2D]
         short_term = self.short_term_arch(queries, embedded)  # [R, C, Ds]
         long_term = self.long_term_arch(queries, embedded)  # [R, C, Dl]
-        features = torch.cat(
-            [
-                groups.expand(embedded.profile()),  # [B, P]
-                embedded.candidates,  # [B, 2D]
-                groups.to_candidates(short_term),  # [B, Ds]
-                groups.to_candidates(long_term.interest),  # [B, Dl]
-            ],
-            dim=-1,
-        )
-        logits = self.over_arch(features)  # [B]
+        per_candidate = [
+            embedded.candidates,  # [B, 2D]
+            groups.to_candidates(short_term),  # [B, Ds]
+            groups.to_candidates(long_term.interest),  # [B, Dl]
+        ]
+        profile = embedded.profile()  # [R, P]
+        if self.config.split_over_arch and batch.num_samples > batch.num_requests:
+            # The profile's share of the first layer once per request (same function).
+            logits = self.over_arch.forward_split(
+                profile, batch.request_index, torch.cat(per_candidate, dim=-1)
+            )  # [B]
+        else:
+            features = torch.cat([groups.expand(profile), *per_candidate], dim=-1)  # [B, H]
+            logits = self.over_arch(features)  # [B]
         losses: dict[str, torch.Tensor] = {}
         if long_term.auxiliary_logits is not None:
             auxiliary_logits = groups.to_candidates(long_term.auxiliary_logits)  # [B]

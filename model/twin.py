@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from etl.feature_spec import FeatureSpec
-from model.layers.attention import TargetAttention, normalize_scores, pool_selected
+from model.layers.attention import TargetAttention, normalize_scores
 from model.layers.retrieval import masked_top_k, unique_union
 from model.lifelong_model import BodyConfig, LifelongCTRModel, LongTermOutput, RawHistoryArch
 
@@ -81,8 +81,7 @@ class TWINAttention(nn.Module):
             scores, -1, index[:, :, None, :].expand(-1, -1, num_heads, -1)
         )  # [R, C, H, K]
         weights = normalize_scores(finalist_scores, valid[:, :, None, :], True)
-        _, finalist_values = self.attention.project_selected(keys, values, index)  # [R, C, K, H, E]
-        return LongTermOutput(pool_selected(weights, finalist_values))  # [R, C, H·E]
+        return LongTermOutput(self.attention.pool_at(weights, values, index))  # [R, C, H·E]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,17 @@ into one filter per request (eqs. 10-12). Each filter type has a plain reference
 bmm) and a fast path (`F.conv1d`; a grouped convolution with one group per request for personal
 filters); `tests/model/test_temporal_convolution.py` checks they agree in outputs and gradients.
 
+Low-rank switch (`bottleneck_dim`, off by default: not in the paper): a layer first projects each
+item Din -> b (no bias, so padded zeros stay zero), convolves b -> b (global or PEG filters), and
+projects b -> Dout. The composition is a convolution whose per-tap Dout x Din matrices have rank
+<= b: K·b² + (Din + Dout)·b multiply-adds per position instead of K·Din·Dout, and PEG generates
+b·b·K instead of Dout·Din·K weights per request.
+
+PEG filter cache (`peg_cache_size`, off by default): in eval mode without autograd, filters are
+kept per distinct profile row (LRU) and reused while the generator's parameters are unchanged.
+PEG filters depend on the profile only, so this is exact; it takes the read of the generator's
+32 x (Dout·Din·K) matrix (≈31 MB per layer at 128-128-15) off the request path.
+
 Padding: inputs are right-padded with zeros, which is exactly the paper's zero padding at the end
 of the sequence. Outputs at padded positions (bias plus edge leakage) are zeroed again so a
 stacked layer never reads them.
@@ -24,6 +35,7 @@ Letters: R requests, L length, Din/Dout channels, K filter width, P profile widt
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from enum import Enum
 
@@ -63,32 +75,53 @@ def convolve_global(
     return _windows(inputs, width, stride) @ weight.flatten(1).T
 
 
+def grouped_convolution(inputs: torch.Tensor, weights: torch.Tensor, stride: int) -> torch.Tensor:
+    """`convolve_personal` as one grouped convolution, one group per request (no unfolded copy).
+    inputs [R, L, Din]; weights [R, Dout, Din, K] -> [R, L', Dout]."""
+    num_requests, length, in_dim = inputs.shape
+    out_dim, width = weights.shape[1], weights.shape[-1]
+    stacked = inputs.transpose(1, 2).reshape(1, num_requests * in_dim, length)  # [1, R*Din, L]
+    output = F.conv1d(
+        stacked,
+        weights.reshape(num_requests * out_dim, in_dim, width),
+        stride=stride,
+        padding=width // 2,
+        groups=num_requests,
+    )  # [1, R*Dout, L']
+    return output.view(num_requests, out_dim, -1).transpose(1, 2)
+
+
 def convolve_personal(
     inputs: torch.Tensor, weights: torch.Tensor, stride: int, fast: bool = True
 ) -> torch.Tensor:
-    """One filter per request. inputs [R, L, Din]; weights [R, Dout, Din, K] -> [R, L', Dout]."""
-    num_requests, length, in_dim = inputs.shape
+    """One filter per request. inputs [R, L, Din]; weights [R, Dout, Din, K] -> [R, L', Dout].
+
+    fast: the grouped convolution when the output is long (L' > 2·Dout: the unfolded windows,
+    L'·Din·K per request, would outweigh the filter, Dout·Din·K), else unfold + bmm, which
+    oneDNN's grouped backward loses to at short or strided outputs (CAIN layers 2-4, and layer 1
+    at L=100: 1.3-2x on 256 requests). fast=False always runs unfold + bmm (the reference).
+    """
     out_dim, width = weights.shape[1], weights.shape[-1]
-    if fast:
-        # A grouped convolution with one group per request: no unfolded copy of the history.
-        stacked = inputs.transpose(1, 2).reshape(1, num_requests * in_dim, length)  # [1, R*Din, L]
-        output = F.conv1d(
-            stacked,
-            weights.reshape(num_requests * out_dim, in_dim, width),
-            stride=stride,
-            padding=width // 2,
-            groups=num_requests,
-        )  # [1, R*Dout, L']
-        return output.view(num_requests, out_dim, -1).transpose(1, 2)
+    if fast and output_length(inputs.shape[1], stride) > 2 * out_dim:
+        return grouped_convolution(inputs, weights, stride)
     return torch.bmm(_windows(inputs, width, stride), weights.flatten(2).transpose(1, 2))
 
 
 class PersonalizedFilterGenerator(nn.Module):
     """PEG (eqs. 10-11): profile [R, P] -> ReLU(FC) -> FC -> filters [R, Dout, Din, K]."""
 
-    def __init__(self, profile_dim: int, hidden_dim: int, filter_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        profile_dim: int,
+        hidden_dim: int,
+        filter_shape: tuple[int, int, int],
+        cache_size: int = 0,
+    ):
         super().__init__()
         self.filter_shape = filter_shape
+        self.cache_size = cache_size  # profiles kept by the inference cache (0: no cache)
+        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._cache_state: tuple[int, ...] = ()
         size = filter_shape[0] * filter_shape[1] * filter_shape[2]
         self.hidden = nn.Linear(profile_dim, hidden_dim)
         self.output = nn.Linear(hidden_dim, size)
@@ -103,9 +136,37 @@ class PersonalizedFilterGenerator(nn.Module):
             self.output.bias.copy_(filter_init.flatten())
             self.output.weight.mul_(0.1)
 
-    def forward(self, profile: torch.Tensor) -> torch.Tensor:
+    def generate(self, profile: torch.Tensor) -> torch.Tensor:
         hidden = torch.relu(self.hidden(profile))  # [R, hidden]
         return self.output(hidden).view(-1, *self.filter_shape)  # [R, Dout, Din, K]
+
+    def forward(self, profile: torch.Tensor) -> torch.Tensor:
+        if self.cache_size > 0 and not self.training and not torch.is_grad_enabled():
+            return self._cached(profile)
+        return self.generate(profile)
+
+    def _parameter_state(self) -> tuple[int, ...]:
+        # An optimizer step or load_state_dict bumps a parameter's version counter.
+        return tuple(v for p in self.parameters() for v in (p.data_ptr(), p._version))
+
+    def _cached(self, profile: torch.Tensor) -> torch.Tensor:
+        """Same filters as `generate`, reusing those of profile rows seen before (LRU)."""
+        state = self._parameter_state()
+        if state != self._cache_state:
+            self._cache.clear()
+            self._cache_state = state
+        keys = [bytes(row) for row in profile.detach().cpu().contiguous().numpy()]
+        missing = [index for index, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            generated = self.generate(profile[missing])  # [M, Dout, Din, K]
+            for index, filters in zip(missing, generated, strict=True):
+                self._cache[keys[index]] = filters
+        for key in keys:
+            self._cache.move_to_end(key)
+        filters = torch.stack([self._cache[key] for key in keys])  # [R, Dout, Din, K]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return filters
 
 
 class TemporalConvolution(nn.Module):
@@ -118,6 +179,8 @@ class TemporalConvolution(nn.Module):
         peg_mode: None for global filters only, else how PEG's filters enter (`PEGMode`).
         profile_dim, peg_hidden_dim: PEG's input width and hidden width.
         fast: conv1d / grouped conv instead of the unfold reference.
+        bottleneck_dim: None (paper) or b: project Din -> b, convolve b -> b, project b -> Dout.
+        peg_cache_size: profiles whose PEG filters the eval-mode cache keeps (0: none).
     """
 
     def __init__(
@@ -130,26 +193,36 @@ class TemporalConvolution(nn.Module):
         profile_dim: int = 0,
         peg_hidden_dim: int = 32,
         fast: bool = True,
+        bottleneck_dim: int | None = None,
+        peg_cache_size: int = 0,
     ) -> None:
         super().__init__()
         width = 2 * context_length + 1
         self.stride = stride
         self.fast = fast
         self.peg_mode = peg_mode
+        # With a bottleneck the convolution itself runs b -> b between two per-item projections.
+        self.reduce = nn.Linear(in_dim, bottleneck_dim, bias=False) if bottleneck_dim else None
+        self.expand = nn.Linear(bottleneck_dim, out_dim, bias=False) if bottleneck_dim else None
+        conv_in, conv_out = (
+            (bottleneck_dim, bottleneck_dim) if bottleneck_dim else (in_dim, out_dim)
+        )
         needs_global = peg_mode is not PEGMode.REPLACE
         self.weight = (
-            nn.Parameter(torch.empty(out_dim, in_dim, width)) if needs_global else None
-        )  # [Dout, Din, K]
+            nn.Parameter(torch.empty(conv_out, conv_in, width)) if needs_global else None
+        )  # [Dout, Din, K] (b, b, K with a bottleneck)
         if self.weight is not None:
-            nn.init.xavier_uniform_(self.weight.view(out_dim, in_dim * width))
+            nn.init.xavier_uniform_(self.weight.view(conv_out, conv_in * width))
         self.bias = nn.Parameter(torch.zeros(out_dim))  # b_c, shared by global and PEG filters
         self.generator = (
-            PersonalizedFilterGenerator(profile_dim, peg_hidden_dim, (out_dim, in_dim, width))
+            PersonalizedFilterGenerator(
+                profile_dim, peg_hidden_dim, (conv_out, conv_in, width), peg_cache_size
+            )
             if peg_mode is not None
             else None
         )
         self.merge = (
-            nn.Linear(2 * out_dim, out_dim, bias=False) if peg_mode is PEGMode.CONCAT else None
+            nn.Linear(2 * conv_out, conv_out, bias=False) if peg_mode is PEGMode.CONCAT else None
         )
 
     def personal_filters(self, profile: torch.Tensor) -> torch.Tensor:
@@ -162,6 +235,8 @@ class TemporalConvolution(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs [R, L, Din]; mask [R, L]; profile [R, P]
         -> (outputs [R, L', Dout], mask [R, L'])."""
+        if self.reduce is not None:
+            inputs = self.reduce(inputs)  # [R, L, b]; no bias, so masking after is the same
         inputs = inputs * mask[:, :, None]  # padded positions never contribute
         outputs: list[torch.Tensor] = []
         if self.weight is not None:
@@ -175,6 +250,8 @@ class TemporalConvolution(nn.Module):
             combined = self.merge(torch.cat(outputs, dim=-1))
         else:
             combined = outputs[0] if len(outputs) == 1 else outputs[0] + outputs[1]
+        if self.expand is not None:
+            combined = self.expand(combined)  # [R, L', b] -> [R, L', Dout]
         lengths = mask.sum(-1)  # [R]
         out_lengths = torch.div(lengths + self.stride - 1, self.stride, rounding_mode="floor")
         out_mask = (
@@ -195,6 +272,7 @@ class TemporalConvNet(nn.Module):
         context_lengths: cl per layer (its length is the number of layers).
         strides: stride per layer.
         peg_layers: per layer, the PEG mode or None.
+        bottleneck_dim, peg_cache_size: see `TemporalConvolution` (the same for every layer).
     """
 
     def __init__(
@@ -207,6 +285,8 @@ class TemporalConvNet(nn.Module):
         profile_dim: int = 0,
         peg_hidden_dim: int = 32,
         fast: bool = True,
+        bottleneck_dim: int | None = None,
+        peg_cache_size: int = 0,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -219,6 +299,8 @@ class TemporalConvNet(nn.Module):
                 profile_dim=profile_dim,
                 peg_hidden_dim=peg_hidden_dim,
                 fast=fast,
+                bottleneck_dim=bottleneck_dim,
+                peg_cache_size=peg_cache_size,
             )
             for index, context_length in enumerate(context_lengths)
         )

@@ -8,6 +8,8 @@ import torch
 from model.layers.attention import (
     ActivationUnitAttention,
     AttentionPath,
+    LastDimPReLU,
+    SelectionPath,
     TargetAttention,
     masked_softmax,
 )
@@ -37,21 +39,24 @@ def test_masked_softmax_gives_padding_no_weight_and_empty_rows_zeros():
     assert torch.isfinite(scores.grad).all()
 
 
-def test_activation_unit_fast_path_matches_reference():
+# Candidates fewer / more than history rows (C vs L = 7); selected keys (K = 7) fewer / more
+# than hidden units: every branch of the fast first layer.
+@pytest.mark.parametrize("num_candidates,hidden_dims", [(3, (8, 4)), (9, (8, 4)), (3, (5, 4))])
+def test_activation_unit_fast_path_matches_reference(num_candidates, hidden_dims):
     torch.manual_seed(0)
-    fast = ActivationUnitAttention(6, (8, 4), fast=True)
-    reference = ActivationUnitAttention(6, (8, 4), fast=False)
+    fast = ActivationUnitAttention(6, hidden_dims, fast=True)
+    reference = ActivationUnitAttention(6, hidden_dims, fast=False)
     reference.load_state_dict(fast.state_dict())
-    queries = torch.randn(2, 3, 6)
+    queries = torch.randn(2, num_candidates, 6)
     keys = torch.randn(2, 7, 6)
     values = torch.randn(2, 7, 5)
     mask = lengths_mask([7, 4], 7)
     for shared_keys, shared_values, shared_mask in [
         (keys, values, mask),
         (
-            keys[:, None].expand(-1, 3, -1, -1),
-            values[:, None].expand(-1, 3, -1, -1),
-            mask[:, None].expand(-1, 3, -1),
+            keys[:, None].expand(-1, num_candidates, -1, -1),
+            values[:, None].expand(-1, num_candidates, -1, -1),
+            mask[:, None].expand(-1, num_candidates, -1),
         ),
     ]:
         fast_out = fast(queries, shared_keys, shared_values, shared_mask)
@@ -177,3 +182,49 @@ def test_gather_rows_and_request_groups_round_trip():
     assert laid_out.shape == (3, 3, 4)
     assert groups.mask.sum().item() == 5
     torch.testing.assert_close(groups.to_candidates(laid_out), per_candidate)
+
+
+@pytest.mark.parametrize("use_bias,repeat", [(False, False), (True, True)])
+def test_dense_selection_path_equals_gathering_the_selection(use_bias, repeat):
+    torch.manual_seed(5)
+    attention = TargetAttention(6, 8, 5, num_heads=2, head_dim=3)
+    queries = torch.randn(2, 3, 6, requires_grad=True)
+    keys = torch.randn(2, 9, 8, requires_grad=True)
+    values = torch.randn(2, 9, 5, requires_grad=True)
+    indices = torch.randint(0, 9, (2, 3, 4))
+    if repeat:  # a repeated position (e.g. an invalid pick on a real row) must not be lost
+        indices[:, :, 1] = indices[:, :, 0]
+    valid = torch.rand(2, 3, 4) > 0.3
+    bias = torch.randn(2, 9, 2) if use_bias else None
+    results = []
+    for path in (SelectionPath.GATHER, SelectionPath.DENSE):
+        attention.selection_path = path
+        weights, pooled = attention.attend_selected(queries, keys, values, indices, valid, bias)
+        gradients = torch.autograd.grad(
+            pooled.square().sum() + weights.sum(),
+            [queries, keys, values, *attention.parameters()],
+        )
+        results.append((weights, pooled, gradients))
+    (gather_weights, gather_pooled, gather_grads), (dense_weights, dense_pooled, dense_grads) = (
+        results
+    )
+    torch.testing.assert_close(dense_weights, gather_weights, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense_pooled, gather_pooled, rtol=1e-5, atol=1e-5)
+    for dense_grad, gather_grad in zip(dense_grads, gather_grads, strict=True):
+        torch.testing.assert_close(dense_grad, gather_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_last_dim_prelu_equals_its_definition_in_outputs_and_gradients():
+    torch.manual_seed(6)
+    prelu = LastDimPReLU(5)
+    with torch.no_grad():
+        prelu.slope.copy_(torch.randn(5))
+    inputs = torch.randn(2, 3, 4, 5, requires_grad=True)
+    outputs = prelu(inputs.transpose(1, 2))  # a non-contiguous input too
+    expected = torch.where(inputs >= 0, inputs, prelu.slope * inputs).transpose(1, 2)
+    torch.testing.assert_close(outputs, expected)
+    upstream = torch.randn_like(outputs)
+    grads = torch.autograd.grad(outputs, [inputs, prelu.slope], upstream)
+    expected_grads = torch.autograd.grad(expected, [inputs, prelu.slope], upstream)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)

@@ -147,6 +147,9 @@ SWITCHES = [
     ("cain", {"major_attention": "din"}),
     ("cain", {"context_extractor": "gru", "num_layers": 3}),
     ("cain", {"short_term_attention": "multi_head"}),
+    ("cain", {"tcn_bottleneck_dim": 3}),
+    ("cain", {"tcn_bottleneck_dim": 2, "peg_mode": "concat", "later_stride": 2}),
+    ("cain", {"peg_cache_size": 4}),
     ("lap", {"lap.fsa": "multi_head_ffn", "lap.integration": "sum"}),
     ("lap", {"lap.k_mid": 5, "lap.k_top": 2}),
     ("sim_soft", {"sim_soft.hard_search": True}),
@@ -214,3 +217,29 @@ def test_empty_histories_give_finite_outputs_and_gradients(name, spec):
         loss.backward()
         assert torch.isfinite(logits).all() and torch.isfinite(loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_split_over_arch_matches_concatenation_in_outputs_and_gradients(spec, batch):
+    assert batch.num_samples > batch.num_requests  # requests share candidates: the split runs
+    split = build("cain", spec, split_over_arch=True)
+    plain = build("cain", spec, split_over_arch=False)
+    plain.load_state_dict(split.state_dict())
+    split_logits, plain_logits = split(batch), plain(batch)
+    torch.testing.assert_close(split_logits, plain_logits, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(split_logits)
+    split_logits.backward(upstream)
+    plain_logits.backward(upstream)
+    for (name, a), (_, b) in zip(
+        split.named_parameters(), plain.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cain_peg_cache_gives_the_same_logits(spec, batch):
+    cached = build("cain", spec, peg_cache_size=8).eval()
+    plain = build("cain", spec).eval()
+    plain.load_state_dict(cached.state_dict())
+    with torch.no_grad():
+        expected = plain(batch)
+        torch.testing.assert_close(cached(batch), expected)  # cold
+        torch.testing.assert_close(cached(batch), expected)  # every profile cached

@@ -11,6 +11,7 @@ from model.layers.temporal_convolution import (
     TemporalConvolution,
     convolve_global,
     convolve_personal,
+    grouped_convolution,
     output_length,
     receptive_half_widths,
 )
@@ -40,7 +41,7 @@ def test_personal_grouped_convolution_matches_unfold_bmm(context_length, stride)
     torch.manual_seed(1)
     inputs = torch.randn(4, 19, 5, requires_grad=True)
     weights = torch.randn(4, 6, 5, 2 * context_length + 1, requires_grad=True)
-    fast = convolve_personal(inputs, weights, stride, fast=True)
+    fast = grouped_convolution(inputs, weights, stride)  # whatever convolve_personal picks
     reference = convolve_personal(inputs, weights, stride, fast=False)
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
     upstream = torch.randn_like(fast)
@@ -159,3 +160,75 @@ def test_peg_modes_run_and_keep_the_width(mode):
     layer = TemporalConvolution(3, 4, context_length=1, peg_mode=mode, profile_dim=5)
     outputs, _ = layer(torch.randn(2, 7, 3), torch.ones(2, 7, dtype=torch.bool), torch.randn(2, 5))
     assert outputs.shape == (2, 7, 4)
+
+
+@pytest.mark.parametrize("peg_mode", [None, PEGMode.REPLACE, PEGMode.CONCAT])
+def test_bottleneck_fast_path_matches_reference_and_padding_never_contributes(peg_mode):
+    torch.manual_seed(8)
+    fast = TemporalConvolution(
+        6, 5, context_length=2, stride=2, peg_mode=peg_mode, profile_dim=3, bottleneck_dim=2
+    )
+    reference = TemporalConvolution(
+        6,
+        5,
+        context_length=2,
+        stride=2,
+        peg_mode=peg_mode,
+        profile_dim=3,
+        bottleneck_dim=2,
+        fast=False,
+    )
+    reference.load_state_dict(fast.state_dict())
+    mask = lengths_mask([9, 5], 11)
+    inputs, profiles = torch.randn(2, 11, 6, requires_grad=True), torch.randn(2, 3)
+    fast_out, _ = fast(inputs, mask, profiles)
+    reference_out, _ = reference(inputs, mask, profiles)
+    torch.testing.assert_close(fast_out, reference_out, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn_like(fast_out)
+    fast_grads = torch.autograd.grad(fast_out, [inputs, *fast.parameters()], upstream)
+    reference_grads = torch.autograd.grad(
+        reference_out, [inputs, *reference.parameters()], upstream
+    )
+    for fast_grad, reference_grad in zip(fast_grads, reference_grads, strict=True):
+        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+    garbage = inputs.detach().clone()
+    garbage[~mask] = 100.0
+    torch.testing.assert_close(fast(garbage, mask, profiles)[0], fast_out.detach())
+
+
+def test_bottleneck_is_a_convolution_with_rank_limited_filters():
+    torch.manual_seed(9)
+    layer = TemporalConvolution(6, 5, context_length=2, bottleneck_dim=2)
+    assert layer.weight is not None and layer.weight.shape == (2, 2, 5)
+    assert layer.reduce is not None and layer.expand is not None
+    # W_out · W_k · W_in per tap k: a full [Dout, Din, K] filter of rank <= b per tap.
+    composed = torch.einsum(
+        "ob,bck,ci->oik", layer.expand.weight, layer.weight, layer.reduce.weight
+    )
+    assert torch.linalg.matrix_rank(composed[..., 0]) <= 2
+    inputs = torch.randn(2, 10, 6)
+    outputs, _ = layer(inputs, torch.ones(2, 10, dtype=torch.bool))
+    expected = torch.nn.functional.conv1d(inputs.transpose(1, 2), composed, layer.bias, padding=2)
+    torch.testing.assert_close(outputs, expected.transpose(1, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_peg_cache_gives_the_generated_filters_and_follows_parameter_updates():
+    torch.manual_seed(10)
+    layer = TemporalConvolution(
+        3, 4, context_length=1, peg_mode=PEGMode.REPLACE, profile_dim=5, peg_cache_size=2
+    )
+    generator = layer.generator
+    assert generator is not None
+    profiles = torch.randn(3, 5)
+    layer.eval()
+    with torch.no_grad():
+        first = generator(profiles[:2])
+        torch.testing.assert_close(first, generator.generate(profiles[:2]))
+        assert len(generator._cache) == 2
+        mixed = generator(profiles[[2, 0]])  # one hit, one miss; LRU keeps 2
+        torch.testing.assert_close(mixed, generator.generate(profiles[[2, 0]]))
+        assert len(generator._cache) == 2
+        generator.output.bias.add_(1.0)  # a parameter update empties the cache
+        torch.testing.assert_close(generator(profiles[:1]), generator.generate(profiles[:1]))
+    layer.train()  # training (or autograd) never uses the cache: filters keep their graph
+    assert generator(profiles[:1]).requires_grad
