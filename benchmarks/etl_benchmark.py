@@ -1,0 +1,158 @@
+"""ETL throughput: events/s and peak memory of the full `build_sequences` job on local Spark.
+
+    python benchmarks/etl_benchmark.py --sizes 100000 1000000 [--master local[2]]
+        [--output benchmarks/results/etl.json] [--work /tmp/cain-etl-bench]
+
+For each size: a seeded synthetic Taobao log (`etl.synthetic`, ~100 events per user like the real
+file) is generated (timed separately), then `python etl/build_sequences.py` runs in a fresh
+process (Spark start-up included, as a user would run it). Peak memory is the largest resident
+set of the job's whole process tree (Python driver + JVM), sampled every 0.2 s from /proc.
+Also reported: bytes per sample of the `samples` table (Parquet files / candidates), per request
+and per user-day row, and the machine's load average (other work on a shared machine slows the
+job; compare numbers from the same run only). Prints a table; never asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parent, pages = int(fields[1]), int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+        rss[int(entry.name)] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_measured(command: list[str], env: dict[str, str], log_path: Path) -> tuple[float, int, int]:
+    """-> (wall seconds, peak tree RSS bytes, exit code)."""
+    peak = 0
+    with log_path.open("w") as log:
+        started = time.time()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=REPO)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss_bytes(process.pid))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+    return time.time() - started, peak, code
+
+
+def samples_bytes(root: Path) -> int:
+    return sum(path.stat().st_size for path in (root / "samples").rglob("*.parquet"))
+
+
+def benchmark(size: int, work: Path, master: str) -> dict:
+    users = max(10, size // 100)
+    items = max(20_000, size // 20)
+    raw, root = work / f"raw-{size}.csv", work / f"delta-{size}"
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+    started = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "etl.synthetic", "taobao", "--output", str(raw), "--users",
+         str(users), "--items", str(items), "--categories", "500", "--seed", "2017"],
+        check=True, cwd=REPO,
+    )
+    generate_seconds = time.time() - started
+    input_rows = sum(1 for _ in raw.open())
+    env = {**os.environ, "SPARK_MASTER": master, "PYTHONPATH": str(REPO)}
+    load_before = os.getloadavg()[0]
+    seconds, peak, code = run_measured(
+        [sys.executable, "etl/build_sequences.py", "--input", str(raw), "--output", str(root)],
+        env, work / f"etl-{size}.log",
+    )
+    if code != 0:
+        raise SystemExit(f"build_sequences failed for size {size}: see {work}/etl-{size}.log")
+    spec = json.loads((root / "feature_spec.json").read_text())
+    candidates = sum(split["samples"] for split in spec["splits"].values())
+    requests = sum(split["requests"] for split in spec["splits"].values())
+    rows = 0
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(root / "samples")).to_pyarrow_dataset().count_rows()
+    table_bytes = samples_bytes(root)
+    return {
+        "events": input_rows,
+        "users": users,
+        "items": items,
+        "master": master,
+        "generate_seconds": round(generate_seconds, 1),
+        "etl_seconds": round(seconds, 1),
+        "events_per_second": round(input_rows / seconds),
+        "peak_rss_gib": round(peak / 2**30, 2),
+        "requests": requests,
+        "candidates": candidates,
+        "sample_rows": rows,
+        "samples_table_bytes": table_bytes,
+        "bytes_per_candidate": round(table_bytes / max(candidates, 1), 1),
+        "bytes_per_request": round(table_bytes / max(requests, 1), 1),
+        "bytes_per_user_day_row": round(table_bytes / max(rows, 1), 1),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cain-etl-bench"))
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/etl.json")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = []
+    print(f"{'events':>10} {'etl s':>8} {'events/s':>10} {'peak GiB':>9} {'B/cand':>7} "
+          f"{'B/req':>7} {'load':>5}")
+    for size in args.sizes:
+        result = benchmark(size, args.work, args.master)
+        results.append(result)
+        print(f"{result['events']:>10} {result['etl_seconds']:>8} "
+              f"{result['events_per_second']:>10} {result['peak_rss_gib']:>9} "
+              f"{result['bytes_per_candidate']:>7} {result['bytes_per_request']:>7} "
+              f"{result['load_average_before']:>5}", flush=True)
+    payload = {
+        "benchmark": "etl/build_sequences.py, protocol cain (k=19), max_len 1024, full 9 days",
+        "machine": f"{os.cpu_count()} CPUs, shared with other jobs (see load averages)",
+        "results": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

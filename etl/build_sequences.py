@@ -1,0 +1,367 @@
+"""Raw behavior logs -> Delta tables `events`, `quarantine`, `profiles`, `samples` + feature spec.
+
+    bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT \
+        [--source taobao|feed] [--protocol cain|dare|eta_sdim|ubr4ctr|mimn_sim|feed_click] \
+        [--date YYYY-MM-DD] [--max-len 1024] [--short-len 50] [--negatives 19] \
+        [--sampling popularity|uniform] [--seed 2017]
+    python etl/build_sequences.py ...   (same flags; starts a local Spark with Delta itself)
+
+Without `--date` the whole configured range is (re)built; with `--date D` only day D's partitions
+are replaced (Delta replaceWhere): D's events and quarantined rows from RAW, then D's samples and
+profiles from the `events` table (which holds the earlier days' history). Running a day twice
+leaves the same tables; building the days one by one in order equals one full build.
+Table schemas: docs/data.md; protocols, bad input and cluster use: docs/etl.md.
+Exit codes: 0 ok, 2 bad arguments / missing input / unwritable output / no Delta, 3 row counts
+that do not add up.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (spark-submit etl/build_sequences.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import logging
+import os
+import time
+import uuid
+from datetime import date
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from etl import clean, negatives, profiles, protocols, spark, timelines
+from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
+from etl.feature_spec import FeatureSpec, SplitStats
+
+log = logging.getLogger("etl.build_sequences")
+TABLES = ("events", "quarantine", "profiles", "samples")
+
+
+class JobError(RuntimeError):
+    """A failure with a message for the user and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--input", required=True,
+                        help="taobao: the CSV file (or a directory of CSVs); feed: the directory "
+                             "with events.csv and profiles.csv")
+    parser.add_argument("--output", required=True, help="ROOT directory of the Delta tables")
+    parser.add_argument("--source", default="taobao", help="conf/data/source/<name>.yaml or a path")
+    parser.add_argument("--protocol", default=None,
+                        help="conf/data/protocol/<name>.yaml or a path (default: cain for taobao, "
+                             "feed_click for feed)")
+    parser.add_argument("--date", help="rebuild only this day (YYYY-MM-DD)")
+    parser.add_argument("--start-date", help="override the source's first day")
+    parser.add_argument("--end-date", help="override the source's last day")
+    parser.add_argument("--max-len", type=int, help="lifelong history length (default 1024)")
+    parser.add_argument("--short-len", type=int, help="short-term window (default 50)")
+    parser.add_argument("--negatives", type=int, help="negatives per positive (protocol's k)")
+    parser.add_argument("--sampling", choices=["popularity", "uniform"])
+    parser.add_argument("--top-categories", type=int)
+    parser.add_argument("--pool-slots", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--files-per-day", type=int, default=2,
+                        help="files per day partition (the trainer splits files among ranks)")
+    parser.add_argument("--shuffle-partitions", type=int, default=None,
+                        help="spark.sql.shuffle.partitions (local default 8)")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> EtlConfig:
+    protocol = args.protocol or ("feed_click" if args.source == "feed" else "cain")
+    return load_config(
+        args.source,
+        protocol,
+        {
+            "source.start_date": args.start_date,
+            "source.end_date": args.end_date,
+            "protocol.negatives": args.negatives,
+            "protocol.sampling": args.sampling,
+            "max_len": args.max_len,
+            "short_len": args.short_len,
+            "top_categories": args.top_categories,
+            "pool_slots": args.pool_slots,
+            "seed": args.seed,
+        },
+    )
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> Path:
+    return Path(path.removeprefix("file://"))
+
+
+def check_paths(config: EtlConfig, input_path: str, output: str) -> tuple[str, str | None]:
+    """-> (events input, demographics input or None); clear errors before Spark starts."""
+    if config.source.format == SourceFormat.FEED:
+        events_input, profiles_input = f"{input_path}/events.csv", f"{input_path}/profiles.csv"
+    else:
+        events_input, profiles_input = input_path, None
+    if _is_local(input_path):
+        for path in filter(None, (events_input, profiles_input)):
+            if not _local(path).exists():
+                raise JobError(f"input not found: {path}")
+    if _is_local(output):
+        root = _local(output)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-probe-{uuid.uuid4().hex}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise JobError(f"output {output} is not writable: {error}") from error
+    return events_input, profiles_input
+
+
+def run_dates(config: EtlConfig, day: str | None) -> tuple[str, str]:
+    if day is None:
+        return config.source.start_date, config.source.end_date
+    try:
+        date.fromisoformat(day)
+    except ValueError as error:
+        raise JobError(f"--date {day!r}: {error}") from error
+    if not config.source.start_date <= day <= config.source.end_date:
+        raise JobError(
+            f"--date {day} is outside the configured range "
+            f"{config.source.start_date}..{config.source.end_date}"
+        )
+    if config.protocol.requests.value == "last":
+        raise JobError(f"protocol {config.protocol.name} builds the whole range only (no --date)")
+    return day, day
+
+
+def stage(name: str, started: float, **counts: object) -> None:
+    details = ", ".join(f"{key}={value}" for key, value in counts.items())
+    log.info("%-11s %6.1fs  %s", name, time.time() - started, details)
+
+
+def build_events(
+    spark_session: SparkSession, config: EtlConfig, events_input: str, root: str,
+    first: str, last: str, files: int,
+) -> None:
+    """Stage 1: raw lines -> events + quarantine for the run's days; checks the row invariant."""
+    started = time.time()
+    source = config.source
+    lines = spark_session.read.text(events_input)
+    marked = (
+        clean.clean(lines, source.format.value, source.behaviors, source.start_date,
+                    source.end_date, source.time_zone)
+        .transform(clean.for_run_dates, first, last)
+        .persist()
+    )
+    spark.write_delta(clean.accepted(marked), f"{root}/events", "date",
+                      f"date >= '{first}' AND date <= '{last}'", files,
+                      ("user_id", "ts", "item_id", "behavior"))
+    spark.write_delta(clean.quarantined(marked), f"{root}/quarantine", "run_date",
+                      f"run_date >= '{first}' AND run_date <= '{last}'", 1, ("raw", "reason"))
+    by_reason = {
+        row["reason"]: row["count"]
+        for row in marked.groupBy("reason").count().collect()  # <= 9 rows
+    }
+    marked.unpersist()
+    input_rows = sum(by_reason.values())
+    accepted_rows = spark.read_delta(spark_session, f"{root}/events").where(
+        F.col("date").between(first, last)).count()
+    quarantined_rows = spark.read_delta(spark_session, f"{root}/quarantine").where(
+        F.col("run_date").between(first, last)).count()
+    reasons = {k: v for k, v in sorted(by_reason.items(), key=lambda kv: str(kv[0])) if k}
+    stage("clean", started, input_rows=input_rows, accepted=accepted_rows,
+          quarantined=quarantined_rows, **reasons)
+    if input_rows != accepted_rows + quarantined_rows:
+        raise JobError(
+            f"row invariant broken: input {input_rows} != accepted {accepted_rows} + "
+            f"quarantined {quarantined_rows}", exit_code=3,
+        )
+
+
+def read_demographics(
+    spark_session: SparkSession, profiles_input: str | None
+) -> tuple[DataFrame | None, tuple[str, ...]]:
+    if profiles_input is None:
+        return None, ()
+    table = spark_session.read.option("header", True).csv(profiles_input)
+    # Sorted: feature_spec.json stores `demographics` with sorted keys, and profile_demographic
+    # follows the spec's order.
+    fields = tuple(sorted(name for name in table.columns if name != "user_id"))
+    typed = table.select(
+        F.col("user_id").try_cast("long").alias("user_id"),
+        *[F.greatest(F.col(name).try_cast("int"), F.lit(0)).alias(name) for name in fields],
+    ).where(F.col("user_id").isNotNull())
+    return typed, fields
+
+
+def build_samples(
+    spark_session: SparkSession, config: EtlConfig, root: str, first: str, last: str,
+    demographics: DataFrame | None, demographic_fields: tuple[str, ...], files: int,
+) -> None:
+    """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last]."""
+    started = time.time()
+    protocol = config.protocol
+    positive = config.source.behavior_code(config.source.positive_behavior)
+    with_watch_time = config.source.format == SourceFormat.FEED
+    events = spark.read_delta(spark_session, f"{root}/events").where(F.col("date") <= last)
+    history_events = events
+    if first > config.source.start_date:
+        # A day run: only the users active in the run's days need their earlier history.
+        active = events.where(F.col("date").between(first, last)).select("user_id").distinct()
+        history_events = events.join(active, "user_id", "left_semi")
+    days = (
+        history_events.transform(timelines.user_histories, last)
+        .transform(timelines.user_days, first, last)
+        .transform(protocols.with_requests, protocol, positive)
+        .transform(profiles.with_profile, config.source.behaviors, config.top_categories,
+                   with_watch_time)
+        .transform(profiles.with_demographics, demographics, demographic_fields)
+        # Read twice (requests for the negative draws, rows for the samples): compute it once.
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    draws = None
+    if protocol.draws_per_request > 0:
+        requests = days.transform(protocols.request_rows)
+        pool = negatives.item_pool(
+            events, requests.select("date"), protocol.sampling, config.pool_slots, config.seed
+        )
+        draws = negatives.draw_items(
+            requests, pool, protocol.draws_per_request, config.pool_slots, config.seed
+        )
+    samples = protocols.to_samples(
+        days, draws, protocol, positive, config.max_len, config.seed
+    ).transform(protocols.with_split, protocol, config.train_end_date)
+    spark.write_delta(samples.select(*protocols.SAMPLE_COLUMNS), f"{root}/samples", "date",
+                      f"date >= '{first}' AND date <= '{last}'", files, ("user_id",))
+    days.unpersist()
+    written = spark.read_delta(spark_session, f"{root}/samples").where(
+        F.col("date").between(first, last))
+    spark.write_delta(
+        written.select("user_id", "date", "profile_dense", "profile_top_category",
+                       "profile_demographic"),
+        f"{root}/profiles", "date", f"date >= '{first}' AND date <= '{last}'", files,
+        ("user_id",),
+    )
+    totals = written.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.size("req_ts")).alias("requests"),
+        F.sum(F.size("cand_label")).alias("candidates"),
+        F.sum(F.aggregate("cand_label", F.lit(0).cast("long"), lambda a, x: a + x)).alias("pos"),
+    ).first()
+    stage("samples", started, user_days=totals["rows"], requests=totals["requests"],
+          candidates=totals["candidates"], positives=totals["pos"])
+
+
+def feature_spec(
+    spark_session: SparkSession, config: EtlConfig, root: str,
+    demographics: DataFrame | None, demographic_fields: tuple[str, ...],
+) -> FeatureSpec:
+    """The spec describes the whole tables (all days built so far), not just this run."""
+    events = spark.read_delta(spark_session, f"{root}/events")
+    ids = events.agg(
+        F.countDistinct("user_id").alias("users"),
+        F.countDistinct("item_id").alias("items"),
+        F.countDistinct("category_id").alias("categories"),
+        F.max("item_id").alias("max_item"),
+        F.max("category_id").alias("max_category"),
+    ).first()
+    splits = {}
+    rows = (
+        spark.read_delta(spark_session, f"{root}/samples")
+        .groupBy("split")
+        .agg(
+            F.array_sort(F.collect_set("date")).alias("dates"),
+            F.sum(F.size("req_ts")).alias("requests"),
+            F.sum(F.size("cand_label")).alias("samples"),
+            F.sum(F.aggregate("cand_label", F.lit(0).cast("long"), lambda a, x: a + x)).alias(
+                "positives"
+            ),
+        )
+        .collect()  # one row per split
+    )
+    for row in rows:
+        splits[row["split"]] = SplitStats(
+            dates=tuple(row["dates"]), requests=int(row["requests"]),
+            samples=int(row["samples"]), positives=int(row["positives"]),
+        )
+    cardinalities = {}
+    if demographics is not None:
+        maxima = demographics.agg(*[F.max(name).alias(name) for name in demographic_fields]).first()
+        cardinalities = {name: int(maxima[name] or 0) + 1 for name in demographic_fields}
+    return FeatureSpec(
+        source=config.source.format.value,
+        protocol=config.protocol.name,
+        behaviors=config.source.behaviors,
+        num_users=int(ids["users"]),
+        num_items=int(ids["items"]),
+        num_categories=int(ids["categories"]),
+        max_item_id=int(ids["max_item"] or 0),
+        max_category_id=int(ids["max_category"] or 0),
+        max_len=config.max_len,
+        short_len=config.short_len,
+        top_categories=config.top_categories,
+        dense_features=profiles.dense_feature_names(
+            config.source.behaviors, config.source.format == SourceFormat.FEED
+        ),
+        demographics=cardinalities,
+        splits=splits,
+        tables={name: name for name in TABLES},
+    )
+
+
+def run(args: argparse.Namespace) -> FeatureSpec:
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        raise JobError(str(error)) from error
+    first, last = run_dates(config, args.date)
+    events_input, profiles_input = check_paths(config, args.input, args.output)
+    root = args.output.rstrip("/")
+    started = time.time()
+    try:
+        session = spark.session("build_sequences", shuffle_partitions=args.shuffle_partitions)
+    except spark.DeltaMissingError as error:
+        raise JobError(str(error)) from error
+    log.info("source=%s protocol=%s days=%s..%s max_len=%d seed=%d input=%s output=%s",
+             config.source.format.value, config.protocol.name, first, last, config.max_len,
+             config.seed, args.input, root)
+    build_events(session, config, events_input, root, first, last, args.files_per_day)
+    demographics, fields = read_demographics(session, profiles_input)
+    build_samples(session, config, root, first, last, demographics, fields, args.files_per_day)
+    spec = feature_spec(session, config, root, demographics, fields)
+    path = spec.write(root) if _is_local(root) else None
+    for name, stats in spec.splits.items():
+        log.info("split %-5s dates=%s requests=%d samples=%d positive_rate=%.4f", name,
+                 ",".join(stats.dates), stats.requests, stats.samples, stats.positive_rate)
+    log.info("done in %.1fs: %s", time.time() - started, path or root)
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[etl] %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    try:
+        run(args)
+    except JobError as error:
+        log.error("%s", error)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    # Under spark-submit a non-zero exit must reach the shell; os._exit skips py4j teardown noise.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code) if code else sys.exit(0)

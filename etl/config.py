@@ -1,0 +1,249 @@
+"""ETL configuration: the dataclasses are the schema, `conf/data/*.yaml` hold the values.
+
+A build reads one source preset (`conf/data/source/<name>.yaml`) and one protocol preset
+(`conf/data/protocol/<name>.yaml`); command-line flags override single values. Unknown keys and
+bad values fail with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from datetime import date
+from enum import Enum
+from pathlib import Path
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"
+
+
+class ConfigError(ValueError):
+    """A preset or override names an unknown key or holds a bad value."""
+
+
+class SourceFormat(str, Enum):
+    TAOBAO = "taobao"  # UserBehavior CSV, no header
+    FEED = "feed"  # directory with events.csv + profiles.csv (docs/etl.md)
+
+
+class RequestRule(str, Enum):
+    """Which events become requests (each request's own event is its positive candidate)."""
+
+    POSITIVE = "positive"  # every event whose behavior is `positive_behavior` (cain, dare, ubr4ctr)
+    ALL = "all"  # every event, any behavior (eta_sdim: behaviors 1..L-1 predict the L-th)
+    LAST = "last"  # only the user's last event in the whole range (mimn_sim)
+    LABELED = "labeled"  # every event; label = behavior is positive (feed impressions/clicks)
+
+
+class Sampling(str, Enum):
+    POPULARITY = "popularity"  # item weight = its event count before the sample day
+    UNIFORM = "uniform"  # every item seen before the sample day equally likely
+
+
+class SplitRule(str, Enum):
+    DATE = "date"  # the last `test_days` days are test
+    USER_RECENCY = "user_recency"  # users whose last activity is latest are test (mimn_sim)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Args:
+    format: raw input format.
+    start_date / end_date: inclusive range of calendar days (time_zone) that are kept; events
+        outside are quarantined.
+    time_zone: IANA zone that defines the calendar day.
+    behaviors: behavior names; code i + 1 is behaviors[i] (docs/data.md).
+    positive_behavior: the behavior that makes a request positive.
+    test_days: how many of the last days form the test split (SplitRule.DATE).
+    """
+
+    format: SourceFormat
+    start_date: str
+    end_date: str
+    time_zone: str
+    behaviors: tuple[str, ...]
+    positive_behavior: str
+    test_days: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("start_date", "end_date"):
+            try:
+                date.fromisoformat(getattr(self, name))
+            except ValueError as error:
+                raise ConfigError(f"source.{name}: {error}") from error
+        if self.start_date > self.end_date:
+            raise ConfigError("source.start_date is after source.end_date")
+        if self.positive_behavior not in self.behaviors:
+            raise ConfigError(
+                f"source.positive_behavior {self.positive_behavior!r} not in behaviors"
+            )
+        if self.test_days < 0:
+            raise ConfigError("source.test_days must be >= 0")
+
+    def behavior_code(self, name: str) -> int:
+        return self.behaviors.index(name) + 1
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Args:
+    name: recorded in the feature spec.
+    requests: which events are requests.
+    negatives: sampled negatives per positive request (k).
+    sampling: how negatives are drawn from the items seen before the sample day.
+    exclude_history: drop negatives the user interacted with before the request.
+    history_fraction: share of negatives drawn from the user's own earlier history (ubr4ctr).
+    replace_probability: chance that the target is replaced by a sampled item labelled 0
+        (mimn_sim); then no other negatives are added.
+    split: how samples are assigned to train/test.
+    test_fraction: share of users in test (SplitRule.USER_RECENCY).
+    """
+
+    name: str
+    requests: RequestRule
+    negatives: int = 19
+    sampling: Sampling = Sampling.POPULARITY
+    exclude_history: bool = True
+    history_fraction: float = 0.0
+    replace_probability: float = 0.0
+    split: SplitRule = SplitRule.DATE
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.negatives < 0:
+            raise ConfigError("protocol.negatives must be >= 0")
+        for name in ("history_fraction", "replace_probability", "test_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"protocol.{name} must be in [0, 1]")
+
+    @property
+    def sampled_per_request(self) -> int:
+        """Sampled items a request needs: k negatives, or 1 replacement target (mimn_sim)."""
+        return max(self.negatives, 1) if self.replace_probability > 0 else self.negatives
+
+    @property
+    def draws_per_request(self) -> int:
+        """Candidate draws per request: extra draws absorb duplicates and excluded items."""
+        wanted = self.sampled_per_request
+        return 0 if wanted == 0 else 2 * wanted + 4
+
+
+@dataclass(frozen=True)
+class EtlConfig:
+    """Args:
+    max_len: longest history a request carries (the timeline keeps this many events before the
+        day); short_len: the short-term window recorded in the spec.
+    top_categories: k of the profile's most-interacted categories/authors.
+    pool_slots: size of the per-day negative sampling table (probabilities are quantized to
+        1/pool_slots; items rarer than that are not drawn as negatives).
+    seed: all sampling is a hash of (seed, user, request, draw), so reruns are identical.
+    """
+
+    source: SourceConfig
+    protocol: ProtocolConfig
+    max_len: int = 1024
+    short_len: int = 50
+    top_categories: int = 5
+    pool_slots: int = 65_536
+    seed: int = 2017
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1 or self.short_len < 1:
+            raise ConfigError("max_len and short_len must be >= 1")
+        if self.short_len > self.max_len:
+            raise ConfigError("short_len must be <= max_len")
+        if self.pool_slots < 1:
+            raise ConfigError("pool_slots must be >= 1")
+
+    @property
+    def train_end_date(self) -> str:
+        """Last training day (SplitRule.DATE): days after it are test."""
+        from datetime import timedelta
+
+        end = date.fromisoformat(self.source.end_date) - timedelta(days=self.source.test_days)
+        return end.isoformat()
+
+
+_ENUMS = {
+    "format": SourceFormat,
+    "requests": RequestRule,
+    "sampling": Sampling,
+    "split": SplitRule,
+}
+
+
+def _build(cls: type, values: dict, origin: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown keys {unknown} (known: {sorted(known)})")
+    converted = {}
+    for key, value in values.items():
+        try:
+            if key in _ENUMS:
+                value = _ENUMS[key](value)
+            elif key == "behaviors":
+                value = tuple(value)
+            elif known[key].type in ("int", "float", "bool", "str"):
+                value = {"int": int, "float": float, "bool": _bool, "str": str}[known[key].type](
+                    value
+                )
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{origin}: bad value for {key!r}: {error}") from error
+        converted[key] = value
+    try:
+        return cls(**converted)
+    except TypeError as error:
+        raise ConfigError(f"{origin}: {error}") from error
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _preset(kind: str, name: str) -> tuple[dict, str]:
+    path = Path(name) if name.endswith(".yaml") else CONF_DIR / kind / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
+        raise ConfigError(f"no {kind} preset {name!r} at {path}; available: {available}")
+    return yaml.safe_load(path.read_text()) or {}, str(path)
+
+
+def load_config(
+    source: str = "taobao",
+    protocol: str = "cain",
+    overrides: dict[str, object] | None = None,
+) -> EtlConfig:
+    """Presets by name (or .yaml path), then `overrides` with keys `source.X`, `protocol.X`, `X`."""
+    source_values, source_origin = _preset("source", source)
+    protocol_values, protocol_origin = _preset("protocol", protocol)
+    top_values: dict[str, object] = {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        target = {"source": source_values, "protocol": protocol_values, "": top_values}.get(section)
+        if target is None:
+            raise ConfigError(f"override {key!r}: section must be source or protocol")
+        target[name] = value
+    config = _build(
+        EtlConfig,
+        {
+            **top_values,
+            "source": _build(SourceConfig, source_values, source_origin),
+            "protocol": _build(ProtocolConfig, protocol_values, protocol_origin),
+        },
+        "etl config",
+    )
+    return config
+
+
+def with_dates(config: EtlConfig, start_date: str, end_date: str) -> EtlConfig:
+    return replace(config, source=replace(config.source, start_date=start_date, end_date=end_date))

@@ -1,0 +1,129 @@
+"""The SparkSession with Delta Lake, and the one way every job reads and writes Delta tables.
+
+Two ways to get Delta's jars onto the JVM:
+- `python etl/build_sequences.py ...` (and the tests): `session()` starts the JVM itself and asks
+  Spark's resolver for `DELTA_PACKAGE` from Maven Central (cached in ~/.ivy2.5.2 after the first
+  run);
+- `spark-submit` (scripts/spark_submit.sh, clusters): the JVM already exists, so the wrapper passes
+  `--packages DELTA_PACKAGE` and the two Delta `--conf`s; `session()` then only attaches to it and
+  `require_delta()` fails with a clear message when the classes are missing.
+
+The pip package `delta-spark==4.4.1` would ask for `io.delta:delta-spark_4.2_2.13:4.4.1`, which
+Maven Central does not have (its newest build for Spark 4.2 is 4.4.0; the Python side is the same
+API), so the artifact is pinned here and in scripts/spark_submit.sh. Override both with
+`CAIN_DELTA_PACKAGE`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+DELTA_PACKAGE = os.environ.get("CAIN_DELTA_PACKAGE", "io.delta:delta-spark_4.2_2.13:4.4.0")
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+# delta-rs (the trainer's reader) refuses tables with deletion vectors.
+TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
+SESSION_CONF = {
+    # Day boundaries are computed explicitly in the source's time zone (etl/clean.py); a UTC
+    # session keeps any other timestamp rendering machine-independent.
+    "spark.sql.session.timeZone": "UTC",
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+}
+
+
+class DeltaMissingError(RuntimeError):
+    """The JVM has no Delta Lake classes (spark-submit without --packages)."""
+
+
+def session(app_name: str, master: str | None = None, shuffle_partitions: int | None = None
+            ) -> SparkSession:
+    """Attach to the running SparkSession (spark-submit) or start a local one with Delta."""
+    active = SparkSession.getActiveSession()
+    if active is None and os.environ.get("SPARK_ENV_LOADED") is None and not _launched_by_submit():
+        builder = SparkSession.builder.appName(app_name).master(
+            master or os.environ.get("SPARK_MASTER", "local[2]")
+        )
+        builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
+        for key, value in DELTA_CONF.items():
+            builder = builder.config(key, value)
+        # Local mode: a few shuffle partitions beat the default 200 tiny tasks on 2 cores.
+        builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions or 8))
+        builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
+        builder = builder.config("spark.driver.memory", os.environ.get("CAIN_DRIVER_MEMORY", "4g"))
+        spark = builder.getOrCreate()
+    else:
+        spark = SparkSession.builder.appName(app_name).getOrCreate()
+        if shuffle_partitions:
+            spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    for key, value in SESSION_CONF.items():
+        spark.conf.set(key, value)
+    spark.sparkContext.setLogLevel("WARN")
+    require_delta(spark)
+    return spark
+
+
+def _launched_by_submit() -> bool:
+    # spark-submit starts the Python driver with the gateway already running.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def require_delta(spark: SparkSession) -> None:
+    from py4j.java_gateway import JavaClass
+
+    jvm = spark.sparkContext._jvm  # noqa: SLF001 - the only way to probe the classpath
+    # py4j resolves names through Spark's class loader; a missing class comes back as a package.
+    if not isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
+        raise DeltaMissingError(
+            "Delta Lake classes are not on the Spark classpath. Run through "
+            "scripts/spark_submit.sh, or pass "
+            f"--packages {DELTA_PACKAGE} "
+            + " ".join(f"--conf {key}={value}" for key, value in DELTA_CONF.items())
+        )
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if "DeltaSparkSessionExtension" not in extensions:
+        raise DeltaMissingError(
+            "spark.sql.extensions does not include io.delta.sql.DeltaSparkSessionExtension; "
+            "pass the Delta --conf flags (see scripts/spark_submit.sh)"
+        )
+
+
+def write_delta(
+    frame: DataFrame,
+    path: str,
+    partition_column: str,
+    replace_where: str,
+    files_per_partition: int = 2,
+    sort_by: tuple[str, ...] = (),
+) -> None:
+    """Atomically replace the rows matching `replace_where` (and only those) with `frame`.
+
+    Re-running with the same input leaves the same table; other partitions are untouched.
+    Each partition value gets `files_per_partition` files (rows spread by a hash of the first
+    `sort_by` column), so the table has a few large files, not one per shuffle task and value;
+    the trainer splits files among its ranks.
+    """
+    spread = F.pmod(F.xxhash64(*(sort_by[:1] or (partition_column,))), F.lit(files_per_partition))
+    frame = frame.repartition(files_per_partition * 16, F.col(partition_column), spread)
+    if sort_by:
+        frame = frame.sortWithinPartitions(*sort_by)
+    writer = frame.write.format("delta").mode("overwrite").partitionBy(partition_column)
+    writer = writer.option("replaceWhere", replace_where)
+    for key, value in TABLE_PROPERTIES.items():
+        writer = writer.option(key, value)
+    writer.save(path)
+
+
+def read_delta(spark: SparkSession, path: str) -> DataFrame:
+    return spark.read.format("delta").load(path)
+
+
+def is_delta_table(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)

@@ -1,0 +1,59 @@
+"""One SparkSession (local[2], Delta) for every Spark test in tests/etl, plus shared builds.
+
+Starting Spark costs seconds and building Delta tables tens of seconds, so the session and the
+tiny end-to-end builds are session-scoped; tests only read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etl import synthetic
+
+# A 3-day range keeps the builds small: day 1 seeds histories, day 2 is train, day 3 test.
+START, END = "2017-11-25", "2017-11-27"
+DAYS = ("2017-11-25", "2017-11-26", "2017-11-27")
+MAX_LEN = 30  # short, so that some timelines are cut
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from etl.spark import session
+
+    spark_session = session("tests-etl", master="local[2]", shuffle_partitions=2)
+    yield spark_session
+    spark_session.stop()
+
+
+@pytest.fixture(scope="session")
+def raw_log(tmp_path_factory) -> Path:
+    """A tiny seeded Taobao-format log with every kind of defect injected."""
+    path = tmp_path_factory.mktemp("raw") / "UserBehavior.csv"
+    synthetic.main(
+        ["taobao", "--output", str(path), "--users", "12", "--items", "300", "--categories", "20",
+         "--days", "3", "--mean-events", "40", "--dirty-rate", "0.03", "--seed", "5"]
+    )
+    return path
+
+
+def build_args(raw: Path, root: Path, *extra: str) -> list[str]:
+    return ["--input", str(raw), "--output", str(root), "--start-date", START, "--end-date", END,
+            "--max-len", str(MAX_LEN), "--short-len", "10", "--files-per-day", "1", *extra]
+
+
+@pytest.fixture(scope="session")
+def build_cli():
+    """Arguments of build_sequences for the tiny range: build_cli(raw, root, *extra)."""
+    return build_args
+
+
+@pytest.fixture(scope="session")
+def full_build(spark, raw_log, tmp_path_factory) -> Path:
+    """`build_sequences` over the whole range, default cain protocol."""
+    from etl import build_sequences
+
+    root = tmp_path_factory.mktemp("full")
+    build_sequences.run(build_sequences.parse_args(build_args(raw_log, root)))
+    return root
