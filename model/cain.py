@@ -279,5 +279,4 @@ class CAIN(LifelongCTRModel):
             self.side_dim,
             self.embedding_arch.profile_group_dims,
         )
-        self.long_term_arch = CAINLongTermArch(multi_scope)
-        self.build_over_arch(self.long_term_arch.output_dim)
+        self.set_long_term_arch(CAINLongTermArch(multi_scope))

@@ -74,5 +74,4 @@ class ETA(LifelongCTRModel):
     ) -> None:
         super().__init__(config, spec, embedding_device)
         attention = ETAAttention(config.eta, self.key_dim, self.value_dim)
-        self.long_term_arch = RawHistoryArch(attention)
-        self.build_over_arch(self.long_term_arch.output_dim)
+        self.set_long_term_arch(RawHistoryArch(attention))

@@ -158,5 +158,4 @@ class LAP(LifelongCTRModel):
     ) -> None:
         super().__init__(config, spec, embedding_device)
         attention = LAPAttention(config.lap, self.key_dim, self.value_dim)
-        self.long_term_arch = RawHistoryArch(attention)
-        self.build_over_arch(self.long_term_arch.output_dim)
+        self.set_long_term_arch(RawHistoryArch(attention))

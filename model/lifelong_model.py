@@ -124,7 +124,7 @@ def initialize_xavier(model: nn.Module) -> None:
 
 
 class LifelongCTRModel(nn.Module):
-    """Shared body. A model builds `self.long_term_arch`, then calls `build_over_arch`.
+    """Shared body. A model passes its long-term module to `set_long_term_arch`.
 
     `long_term_arch(queries [R, C, 2D], embedded) -> LongTermOutput` is the only model-specific
     stage.
@@ -150,8 +150,15 @@ class LifelongCTRModel(nn.Module):
         self.profile_dim = sum(self.embedding_arch.profile_group_dims.values())
         self.short_term_arch = ShortTermArch(config, self.key_dim, self.value_dim)
 
-    def build_over_arch(self, long_term_dim: int) -> None:
-        head_dim = self.profile_dim + self.key_dim + self.short_term_arch.output_dim + long_term_dim
+    def set_long_term_arch(self, long_term_arch: nn.Module) -> None:
+        """Installs the model's long-term module and the over arch sized for its output."""
+        self.long_term_arch = long_term_arch
+        head_dim = (
+            self.profile_dim
+            + self.key_dim
+            + self.short_term_arch.output_dim
+            + long_term_arch.output_dim
+        )
         self.over_arch = OverArch(head_dim, self.config.mlp_dims)
         initialize_xavier(self)
 

@@ -103,5 +103,4 @@ class SDIM(LifelongCTRModel):
     ) -> None:
         super().__init__(config, spec, embedding_device)
         attention = SDIMAttention(config.sdim, self.key_dim, self.value_dim)
-        self.long_term_arch = RawHistoryArch(attention)
-        self.build_over_arch(self.long_term_arch.output_dim)
+        self.set_long_term_arch(RawHistoryArch(attention))

@@ -98,5 +98,4 @@ class TWIN(LifelongCTRModel):
         super().__init__(config, spec, embedding_device)
         side_dim = self.side_dim if config.use_side_features else 0
         attention = TWINAttention(config.twin, self.key_dim, self.value_dim, side_dim)
-        self.long_term_arch = RawHistoryArch(attention)
-        self.build_over_arch(self.long_term_arch.output_dim)
+        self.set_long_term_arch(RawHistoryArch(attention))
