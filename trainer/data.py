@@ -373,5 +373,6 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
+        """Stop and join the thread: none may outlive the run (see shutdown_process_group)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join()

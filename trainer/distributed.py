@@ -13,6 +13,7 @@ a free localhost port is created.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -88,6 +89,25 @@ def init_process_group(backend: Backend, timeout_minutes: int = 30) -> ProcessGr
             device_id=device if use_cuda else None,
         )
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown_process_group(*, succeeded: bool) -> None:
+    """Tear the default process group down while the interpreter is still fully alive.
+
+    After a successful run every rank first waits at a barrier, so no rank closes its connections
+    while a peer still talks to it, and garbage collection frees the modules (DMP, DDP, sharded
+    tables) that hold the group. Whatever is left to interpreter finalization runs after Python
+    stopped handing out the GIL; a gloo worker thread that needs it then aborts the process
+    ("terminate called without an active exception") after a run that did finish. After a
+    failure there is no barrier: the peers may be gone, and torchrun stops the others.
+    """
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if succeeded:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 class _LookupResult(nn.Module):

@@ -22,6 +22,7 @@ if __package__ in (
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from trainer.distributed import (
     distribute,
     embedding_configs,
     init_process_group,
+    shutdown_process_group,
 )
 from trainer.loop import (
     ProgressLog,
@@ -267,13 +269,13 @@ def train(config: Config) -> dict[str, Any]:
 
     # Evaluate on the test split: exact metrics over all ranks' predictions.
     eval_start = time.perf_counter()
-    evaluation = evaluate(
-        model,
-        Prefetcher(streams[config.data.test_split].batches(), config.data.prefetch_batches),
-        builder.filler().to(group.device),
-        group,
-        config.train.progress,
+    test_batches = Prefetcher(
+        streams[config.data.test_split].batches(), config.data.prefetch_batches
     )
+    evaluation = evaluate(
+        model, test_batches, builder.filler().to(group.device), group, config.train.progress
+    )
+    test_batches.close()
     metrics = evaluation.metrics
     result = {
         "model": config.model.name,
@@ -342,15 +344,17 @@ def parse_arguments(argv: list[str] | None = None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> None:
+    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) prints every thread's Python stack
     try:
         config = parse_arguments(argv)
     except ConfigError as error:
         sys.exit(f"config error: {error}")
+    succeeded = False
     try:
         train(config)
+        succeeded = True
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        shutdown_process_group(succeeded=succeeded)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from model.tables import table_layout
 from trainer.batching import BatchBuilder, SampleDataError, log2_bucket, request_block
 from trainer.data import (
     DataFile,
+    Prefetcher,
     SamplesTable,
     SampleStream,
     rank_share,
@@ -210,3 +211,29 @@ def test_every_rank_runs_the_same_number_of_steps():
     queue = context.Queue()
     mp.start_processes(_steps_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
     assert dict(queue.get(timeout=60) for _ in range(2)) == {0: 3, 1: 3}
+
+
+def test_closed_prefetcher_leaves_no_thread_behind(tiny_data):
+    """A thread left reading Parquet at interpreter exit can abort a finished run."""
+    batches = Prefetcher(_stream(tiny_data, seed=1).batches(), depth=2)
+    next(batches)
+    batches.close()
+    assert not batches._thread.is_alive()
+
+
+def _shutdown_worker(rank: int, port: int, queue) -> None:
+    from trainer.distributed import shutdown_process_group
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    shutdown_process_group(succeeded=True)
+    queue.put((rank, float(total), dist.is_initialized()))
+
+
+def test_shutdown_meets_at_a_barrier_and_destroys_the_group():
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    mp.start_processes(_shutdown_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
+    assert sorted(queue.get(timeout=60) for _ in range(2)) == [(0, 2.0, False), (1, 2.0, False)]
