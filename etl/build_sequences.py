@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 
 from etl import clean, negatives, profiles, protocols, spark, timelines
 from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
-from etl.feature_spec import FeatureSpec, SplitStats
+from etl.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
 
 log = logging.getLogger("etl.build_sequences")
 TABLES = ("events", "quarantine", "profiles", "samples")
@@ -340,11 +340,14 @@ def run(args: argparse.Namespace) -> FeatureSpec:
     demographics, fields = read_demographics(session, profiles_input)
     build_samples(session, config, root, first, last, demographics, fields, args.files_per_day)
     spec = feature_spec(session, config, root, demographics, fields)
-    path = spec.write(root) if _is_local(root) else None
+    if _is_local(root):
+        path = spec.write(_local(root))
+    else:  # the trainer reads it back with pyarrow's file systems (FeatureSpec.read)
+        path = spark.write_text(session, f"{root}/{SPEC_FILE}", spec.to_json())
     for name, stats in spec.splits.items():
         log.info("split %-5s dates=%s requests=%d samples=%d positive_rate=%.4f", name,
                  ",".join(stats.dates), stats.requests, stats.samples, stats.positive_rate)
-    log.info("done in %.1fs: %s", time.time() - started, path or root)
+    log.info("done in %.1fs: %s", time.time() - started, path)
     return spec
 
 

@@ -85,14 +85,16 @@ class FeatureSpec:
 
     @staticmethod
     def read(root: str | Path) -> FeatureSpec:
-        path = Path(root) / SPEC_FILE
-        if not path.is_file():
+        """From a local ROOT or a URI (s3://, gs://, hdfs://, file://) via pyarrow's file systems."""
+        path = join(root, SPEC_FILE)
+        text = _read_text(path)
+        if text is None:
             raise FeatureSpecError(f"no feature spec at {path}: run etl/build_sequences.py first")
         try:
-            payload = json.loads(path.read_text())
+            payload = json.loads(text)
         except json.JSONDecodeError as error:
             raise FeatureSpecError(f"{path} is not valid JSON: {error}") from error
-        return FeatureSpec.from_dict(payload, origin=str(path))
+        return FeatureSpec.from_dict(payload, origin=path)
 
     @staticmethod
     def from_dict(payload: dict, origin: str = "feature spec") -> FeatureSpec:
@@ -120,3 +122,25 @@ class FeatureSpec:
             return FeatureSpec(**values)
         except (KeyError, TypeError) as error:
             raise FeatureSpecError(f"{origin}: {error}") from error
+
+
+def join(root: str | Path, relative: str) -> str:
+    """ROOT/relative for a local directory or a URI (Path would fold `s3://` into `s3:/`)."""
+    root = str(root)
+    if "://" in root:
+        return root.rstrip("/") + "/" + relative
+    return str(Path(root) / relative)
+
+
+def _read_text(location: str) -> str | None:
+    """The file's text, or None when there is no such file."""
+    if "://" not in location:
+        path = Path(location)
+        return path.read_text() if path.is_file() else None
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type != fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")

@@ -127,3 +127,25 @@ def is_delta_table(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
 
     return DeltaTable.isDeltaTable(spark, path)
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> str:
+    """Write a small text file through Spark's Hadoop FileSystem (any scheme the job can write
+    its tables to: hdfs://, s3a://, abfss://, gs://, file://); returns `uri`.
+
+    Written to `uri.tmp` then renamed, so a reader never sees half a file on file systems with
+    atomic rename (HDFS, local); object stores have no rename, and there it is a copy.
+    """
+    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop's FileSystem API lives in the JVM
+    hadoop = jvm.org.apache.hadoop.fs
+    target, partial = hadoop.Path(uri), hadoop.Path(uri + ".tmp")
+    filesystem = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+    stream = filesystem.create(partial, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+    filesystem.delete(target, False)
+    if not filesystem.rename(partial, target):
+        raise OSError(f"could not rename {uri}.tmp to {uri}")
+    return uri

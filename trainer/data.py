@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from etl.feature_spec import FeatureSpec
+from etl.feature_spec import FeatureSpec, join
 from model.batch import Batch
 from trainer.batching import SAMPLE_COLUMNS, BatchBuilder, SampleDataError, request_block
 
@@ -79,7 +79,7 @@ class SamplesTable:
     @staticmethod
     def open(root: str | Path, spec: FeatureSpec, version: int | None = None) -> SamplesTable:
         relative = spec.tables.get("samples", "samples")
-        path = relative if "://" in relative else str(Path(root) / relative)
+        path = relative if "://" in relative else join(root, relative)
         try:
             table = DeltaTable(path, version=version)
         except Exception as error:  # delta-rs raises several types (TableNotFoundError, OSError)

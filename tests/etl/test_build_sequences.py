@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from etl import build_sequences
-from etl.feature_spec import FeatureSpec
+from etl.feature_spec import FeatureSpec, FeatureSpecError
 
 pytestmark = pytest.mark.spark
 SAMPLE_COLUMNS = {
@@ -145,3 +145,17 @@ def test_unwritable_output_is_a_clear_error(raw_log, tmp_path, caplog):
     code = build_sequences.main(["--input", str(raw_log), "--output", str(blocker / "root")])
     assert code == 2
     assert "not writable" in caplog.text
+
+
+def test_spec_goes_through_hadoop_file_systems_and_reads_back_by_uri(spark, full_build, tmp_path):
+    """Remote outputs (s3a://, hdfs://) get their spec through Spark's Hadoop FileSystem; the
+    trainer reads it by URI with pyarrow. file:// takes both code paths on this machine."""
+    from etl.spark import write_text
+
+    spec = FeatureSpec.read(full_build)
+    root = f"file://{tmp_path}/remote-root"
+    write_text(spark, f"{root}/feature_spec.json", spec.to_json())
+    assert FeatureSpec.read(root) == spec
+    assert not (tmp_path / "remote-root" / "feature_spec.json.tmp").exists()
+    with pytest.raises(FeatureSpecError, match="no feature spec"):
+        FeatureSpec.read(f"file://{tmp_path}/elsewhere")

@@ -237,3 +237,10 @@ def test_shutdown_meets_at_a_barrier_and_destroys_the_group():
     queue = context.Queue()
     mp.start_processes(_shutdown_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
     assert sorted(queue.get(timeout=60) for _ in range(2)) == [(0, 2.0, False), (1, 2.0, False)]
+
+
+def test_table_paths_join_uris_without_folding_the_scheme():
+    from etl.feature_spec import join
+
+    assert join("s3://bucket/cain/", "samples") == "s3://bucket/cain/samples"
+    assert join("/data/cain", "samples") == "/data/cain/samples"
