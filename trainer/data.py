@@ -94,18 +94,25 @@ class SamplesTable:
                 "delta.enableDeletionVectors=false (docs/data.md)"
             )
         actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()
-        files = []
-        for relative_path, rows, date in zip(
+        missing = [None] * len(actions["path"])
+        keyed = []
+        for relative_path, rows, date, first_user, last_user in zip(
             actions["path"],
-            actions.get("num_records", [None] * len(actions["path"])),
-            actions.get("partition.date", [""] * len(actions["path"])),
-            strict=False,
+            actions.get("num_records", missing),
+            actions.get("partition.date", missing),
+            actions.get("min.user_id", missing),
+            actions.get("max.user_id", missing),
+            strict=True,
         ):
             uri = _absolute_uri(path, unquote(relative_path))
             if rows is None:  # no statistics in the log: read the Parquet footer
                 rows = _parquet_file(uri).metadata.num_rows
-            files.append(DataFile(uri=uri, rows=int(rows), date=date or ""))
-        files.sort(key=lambda file: (file.date, file.uri))
+            file = DataFile(uri=uri, rows=int(rows), date=date or "")
+            # File names are random (Spark and delta-rs put a UUID in them): order by content
+            # (date, user range, rows) so that rebuilding the same data trains the same model.
+            users = (-1 if first_user is None else first_user, -1 if last_user is None else last_user)
+            keyed.append(((file.date, *users, file.rows, file.uri), file))
+        files = [file for _, file in sorted(keyed, key=lambda pair: pair[0])]
         split_dates = {name: tuple(stats.dates) for name, stats in spec.splits.items()}
         return SamplesTable(path, table.version(), files, split_dates)
 
