@@ -1,7 +1,7 @@
 """
 # cain_daily: daily retraining of the lifelong-sequence CTR model
 
-`etl → validate → train → evaluate → gate → publish`, once a day. Every task runs the same
+`etl → validate → train → evaluate → score_published → gate → publish`, once a day. Every task runs the same
 command a person would, with the **main** virtualenv's `python` / `spark-submit` / `torchrun`
 first on `PATH` (Airflow lives in a venv of its own; see `docs/airflow.md`):
 
@@ -13,8 +13,11 @@ first on `PATH` (Airflow lives in a venv of its own; see `docs/airflow.md`):
 - `train`: `torchrun --nproc_per_node=N trainer/main.py --data ROOT --model M --output RUN_DIR
   train.warm_start=<published run>/checkpoints ...`.
 - `evaluate`: `python -m airflow_dags.release evaluate --run-dir RUN_DIR` checks `metrics.json`.
-- `gate`: new AUC >= published AUC - `auc_tolerance`, else `publish` is skipped (or, with
-  `on_regression=fail`, the run fails), the reason in the log.
+- `score_published`: the same torchrun with `train.evaluate_only=true
+  train.warm_start=<published run>/checkpoints --output RUN_DIR/published_scored`: the published
+  model's AUC on *this* run's test split (nothing to do before the first publish).
+- `gate`: new AUC >= published AUC - `auc_tolerance`, both on this run's test split, else
+  `publish` is skipped (or, with `on_regression=fail`, the run fails), the reason in the log.
 - `publish`: atomic switch of the `RUNS/published` symlink to RUN_DIR, appended to
   `RUNS/published_history.jsonl`; old runs are kept.
 
@@ -51,6 +54,7 @@ REPO_ROOT = os.environ.get("CAIN_REPO_ROOT") or str(Path(__file__).resolve().par
 DAILY_DIR = os.environ.get("CAIN_DAILY_DIR") or str(Path(REPO_ROOT) / "runs" / "daily")
 RETRIES = int(os.environ.get("CAIN_DAG_RETRIES", "2"))
 RETRY_DELAY = timedelta(minutes=10)
+PUBLISHED_SCORED = "published_scored"  # RUN_DIR/<this>: the published model on this run's data
 
 PARAMS = {
     "repo_root": Param(
@@ -155,6 +159,21 @@ def _release(command: str, *args: str) -> list[str]:
     return ["python", "-m", "airflow_dags.release", command, *args]
 
 
+def _published_checkpoint(params: dict) -> list[str]:
+    """Prints the published run's checkpoint directory, or nothing before the first publish."""
+    return _release("warm-start", "--published", _published(params))
+
+
+def _torchrun(params: dict, output: str, extra: str) -> str:
+    """The trainer's torchrun line writing to `output`; `extra`: overrides left to the shell."""
+    command = [*params["train_launcher"], "torchrun", *params["torchrun_args"]]
+    command += [f"--nproc_per_node={params['nproc']}"]
+    command += ["trainer/main.py", "--data", params["data_root"], "--model", params["model"]]
+    command += ["--output", output, "train.progress=false"]
+    overrides = shlex.join(list(params["trainer_overrides"]))
+    return f"{shlex.join(command)} {extra} {overrides}\n"
+
+
 @dag(
     dag_id="cain_daily",
     doc_md=__doc__,
@@ -201,20 +220,14 @@ def cain_daily():
     @task.bash(do_xcom_push=False, execution_timeout=timedelta(hours=12))
     def train(params: dict, ds: str, run_id: str) -> str:
         """torchrun the trainer, warm-started from the published checkpoint when there is one."""
-        warm_start = _release("warm-start", "--published", _published(params))
-        command = [*params["train_launcher"], "torchrun", *params["torchrun_args"]]
-        command += [f"--nproc_per_node={params['nproc']}"]
-        command += ["trainer/main.py", "--data", params["data_root"], "--model", params["model"]]
-        command += ["--output", _run_dir(params, ds, run_id), "train.progress=false"]
         script = _in_main_venv(params, ["mkdir", "-p", params["runs_dir"]])
         if params["warm_start"]:
             # Resolved when the task runs, not at parse time: yesterday may have just published.
-            script += f'warm_start="$({shlex.join(warm_start)})"\n'
+            script += f"warm_start=\"$({shlex.join(_published_checkpoint(params))})\"\n"
         else:
             script += "warm_start=''\n"
         script += 'echo "warm start: ${warm_start:-none}"\n'
-        overrides = shlex.join(list(params["trainer_overrides"]))
-        return script + f'{shlex.join(command)} train.warm_start="$warm_start" {overrides}\n'
+        return script + _torchrun(params, _run_dir(params, ds, run_id), 'train.warm_start="$warm_start"')
 
     @task.bash(retries=0)
     def evaluate(params: dict, ds: str, run_id: str) -> str:
@@ -223,14 +236,33 @@ def cain_daily():
             params, _release("evaluate", "--run-dir", _run_dir(params, ds, run_id))
         )
 
+    @task.bash(do_xcom_push=False, execution_timeout=timedelta(hours=6))
+    def score_published(params: dict, ds: str, run_id: str) -> str:
+        """Score the published model on this run's test split, so the gate compares like with like.
+
+        A `train.evaluate_only` run of the trainer from the published checkpoint, written to
+        RUN_DIR/published_scored. Nothing to do before the first publish, and not possible after a
+        change of model shapes (`warm_start` false): the gate then says it fell back.
+        """
+        script = _in_main_venv(params)
+        if not params["warm_start"]:
+            return script + 'echo "warm_start=false: the published model is not re-scored"\n'
+        script += f"checkpoint=\"$({shlex.join(_published_checkpoint(params))})\"\n"
+        script += 'if [ -z "$checkpoint" ]; then echo "no published model yet"; exit 0; fi\n'
+        output = f"{_run_dir(params, ds, run_id)}/{PUBLISHED_SCORED}"
+        overrides = 'train.evaluate_only=true train.warm_start="$checkpoint"'
+        return script + _torchrun(params, output, overrides)
+
     @task.bash(retries=0)
     def gate(params: dict, ds: str, run_id: str) -> str:
         """new AUC >= published AUC - auc_tolerance, else exit 99 (skip publish) or 1 (fail)."""
+        run_dir = _run_dir(params, ds, run_id)
         return _in_main_venv(
             params,
             _release(
                 "gate",
-                *("--run-dir", _run_dir(params, ds, run_id), "--published", _published(params)),
+                *("--run-dir", run_dir, "--published", _published(params)),
+                *("--published-scored", f"{run_dir}/{PUBLISHED_SCORED}"),
                 *(
                     "--tolerance",
                     str(params["auc_tolerance"]),
@@ -251,7 +283,7 @@ def cain_daily():
             ),
         )
 
-    etl() >> validate() >> train() >> evaluate() >> gate() >> publish()
+    etl() >> validate() >> train() >> evaluate() >> score_published() >> gate() >> publish()
 
 
 cain_daily()

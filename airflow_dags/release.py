@@ -5,7 +5,7 @@ The daily DAG (`airflow_dags/cain_daily.py`) calls these exactly as a person wou
     python -m airflow_dags.release validate --root ROOT --date 2017-12-03
     python -m airflow_dags.release evaluate --run-dir RUN_DIR
     python -m airflow_dags.release gate --run-dir RUN_DIR --published RUNS/published \
-        --tolerance 0.002
+        --tolerance 0.002 --published-scored RUN_DIR/published_scored
     python -m airflow_dags.release publish --run-dir RUN_DIR --published RUNS/published
     python -m airflow_dags.release warm-start --published RUNS/published
 
@@ -14,7 +14,7 @@ XCom) and exits 0 on success, 1 with a message naming the problem, or 99 (`gate`
 `--on-reject skip`) to make Airflow skip the task and so the publish after it.
 
 The gate rule: publish when `new AUC >= published AUC - tolerance` (the first model is always
-published). `published` is a symlink to a run directory, switched atomically with a rename, so a
+published), both AUCs on this run's test split: the published model is re-scored on it first. `published` is a symlink to a run directory, switched atomically with a rename, so a
 reader sees either the old or the new run, never a half-written one; every switch is appended to
 `published_history.jsonl` next to it and old run directories are kept (rollback = publish an old
 run again). Stdlib only plus `etl.feature_spec` (pure Python): it imports in any venv.
@@ -162,28 +162,49 @@ def published_run(published: str | Path) -> Path | None:
     return target
 
 
-def gate(run_dir: str | Path, published: str | Path, tolerance: float) -> GateDecision:
-    """Publish when the new AUC >= the published AUC - tolerance; the first model always passes.
+def gate(
+    run_dir: str | Path,
+    published: str | Path,
+    tolerance: float,
+    published_scored: str | Path | None = None,
+) -> GateDecision:
+    """Publish when the new AUC >= the published model's AUC - tolerance; the first model passes.
 
-    Both AUCs are the trainer's numbers on its test split (each run's own last day), as recorded in
-    the runs' metrics.json.
+    Two AUCs only compare on the same samples. `published_scored` is the directory of a
+    `train.evaluate_only` run of the published model on this run's data (the DAG's
+    `score_published` task): when its metrics.json exists, the published AUC comes from it, and it
+    must have scored as many test samples as the candidate. Without it (a cold start after a change
+    of model shapes cannot load the old weights into the new model) the published run's own
+    metrics.json stands in, measured on an older test day, and the reason says so.
     """
     if tolerance < 0:
         raise ReleaseError(f"gate: tolerance must be >= 0, got {tolerance}")
-    candidate = read_metrics(run_dir)["auc"]
+    candidate_metrics = read_metrics(run_dir)
+    candidate = candidate_metrics["auc"]
     current = published_run(published)
     if current is None:
         return GateDecision(True, "no published model yet", candidate, None, tolerance)
     if current == Path(run_dir).resolve():
         return GateDecision(True, "this run is already published", candidate, candidate, tolerance)
-    incumbent = read_metrics(current)["auc"]
+    if published_scored is not None and (Path(published_scored) / METRICS_FILE).is_file():
+        scored = read_metrics(published_scored)
+        if scored["n_test"] != candidate_metrics["n_test"]:
+            raise ReleaseError(
+                f"gate: the published model scored {scored['n_test']} test samples in "
+                f"{published_scored}, the candidate {candidate_metrics['n_test']}: not the same "
+                "test set"
+            )
+        incumbent, basis = scored["auc"], "both on this run's test split"
+    else:
+        incumbent = read_metrics(current)["auc"]
+        basis = "published AUC from its own, older test day: it was not re-scored on this one"
     floor = incumbent - tolerance
     if candidate >= floor:
-        reason = f"new AUC {candidate:.6f} >= published AUC {incumbent:.6f} - {tolerance}"
+        reason = f"new AUC {candidate:.6f} >= published AUC {incumbent:.6f} - {tolerance} ({basis})"
         return GateDecision(True, reason, candidate, incumbent, tolerance)
     reason = (
         f"new AUC {candidate:.6f} < published AUC {incumbent:.6f} - tolerance {tolerance} = "
-        f"{floor:.6f}; keeping {current}"
+        f"{floor:.6f}; keeping {current} ({basis})"
     )
     return GateDecision(False, reason, candidate, incumbent, tolerance)
 
@@ -268,6 +289,10 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--published", required=True, help="the published symlink")
     command.add_argument("--tolerance", type=float, default=0.002)
     command.add_argument(
+        "--published-scored",
+        help="run dir of a train.evaluate_only run of the published model on this run's data",
+    )
+    command.add_argument(
         "--on-reject",
         choices=("skip", "fail"),
         default="skip",
@@ -297,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "evaluate":
             result = evaluate(args.run_dir)
         elif args.command == "gate":
-            decision = gate(args.run_dir, args.published, args.tolerance)
+            decision = gate(args.run_dir, args.published, args.tolerance, args.published_scored)
             verdict = "PASS" if decision.publish else "REJECT"
             print(f"gate {verdict}: {decision.reason}", file=sys.stderr)
             print(json.dumps(decision.__dict__, sort_keys=True))

@@ -97,6 +97,8 @@ class TrainConfig:
     resume: continue from the newest checkpoint in RUN_DIR/checkpoints when one exists.
     warm_start: a checkpoint directory of a previous run to initialise the weights from (daily
         retraining); the optimizer and data position start fresh.
+    evaluate_only: no training: score the test split with the warm_start weights (the daily gate
+        scores the published model on the new test day, the day the candidate is measured on).
     pipeline: use TorchRec's TrainPipelineSparseDist (overlaps input distribution with compute).
     backend: process-group backend.
     progress: show a tqdm bar on rank 0 (off in tests and Airflow logs).
@@ -116,6 +118,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     warm_start: str = ""
+    evaluate_only: bool = False
     pipeline: bool = False
     backend: Backend = Backend.AUTO
     progress: bool = True
@@ -270,6 +273,8 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{key}: must be positive, got {value}")
     if not config.model.name:
         raise ConfigError("model.name: must be set (e.g. --model cain)")
+    if config.train.evaluate_only and not config.train.warm_start:
+        raise ConfigError("train.evaluate_only: needs train.warm_start (the checkpoint to score)")
     return config
 
 

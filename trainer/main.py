@@ -162,7 +162,8 @@ def train(config: Config) -> dict[str, Any]:
     checkpoints = checkpoint.Checkpoints(
         run_dir / "checkpoints", keep=config.train.keep_checkpoints
     )
-    latest = checkpoints.latest() if config.train.resume else None
+    resuming = config.train.resume and not config.train.evaluate_only
+    latest = checkpoints.latest() if resuming else None
     resumed_from = 0
     if latest is not None:
         restored = checkpoint.load(latest, model, optimizer, restore_rng=True)
@@ -234,7 +235,7 @@ def train(config: Config) -> dict[str, Any]:
     progress.bar.update(state.step)
     samples_before = state.samples
     train_start = time.perf_counter()
-    while state.epoch < config.train.epochs:
+    while not config.train.evaluate_only and state.epoch < config.train.epochs:
         remaining = config.train.max_steps - state.step if config.train.max_steps else 0
         if config.train.max_steps and remaining <= 0:
             break
@@ -289,6 +290,8 @@ def train(config: Config) -> dict[str, Any]:
         "steps": state.step,
         "epochs_completed": state.epoch,
         "resumed_from_step": resumed_from,
+        "warm_start": config.train.warm_start,
+        "evaluate_only": config.train.evaluate_only,
         "world_size": group.world_size,
         "sharding_type": config.train.sharding_type.value,
         "train_seconds": train_seconds,

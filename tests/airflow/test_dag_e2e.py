@@ -1,8 +1,8 @@
 """End to end: real `dag.test()` runs of cain_daily on a tiny synthetic Taobao log. Run 1 (a first
 run on an empty ROOT, `etl_full_range`): Spark ETL through `scripts/spark_submit.sh`, validation,
 a 2-process torchrun TorchRec training, evaluation, the gate and the publish switch, all for real.
-Run 2 re-trains the same day (its ETL marked done rather than repeated, to keep the suite short)
-and must warm-start from what run 1 published."""
+Run 2 re-trains the same day (its ETL marked done rather than repeated, to keep the suite short),
+must warm-start from what run 1 published, and re-scores run 1's model for its gate."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ NEEDED = (
     "trainer/main.py",
 )
 LAST_DAY = "2017-12-03"  # the Taobao source's last day: the test split
-TASKS = ["etl", "validate", "train", "evaluate", "gate", "publish"]
+TASKS = ["etl", "validate", "train", "evaluate", "score_published", "gate", "publish"]
 TINY_TRAINER = [
     "model.embedding_dim=8",
     "train.batch_size=64",
@@ -90,4 +90,10 @@ def test_daily_dag_trains_publishes_and_warm_starts_for_real(airflow_python, raw
 
     assert warm_start(first) == ""
     assert warm_start(second) == str(first.resolve() / "checkpoints")
+    # score_published: run 1's model re-scored on run 2's test split (the same day here) by a real
+    # evaluate-only torchrun gives run 1's own numbers back; the gate compared against those.
+    rescored = json.loads((second / "published_scored" / "metrics.json").read_text())
+    assert rescored["evaluate_only"] and rescored["n_test"] == metrics["n_test"]
+    assert rescored["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+    assert "(both on this run's test split)" in log
     assert f"warm start from {first.resolve() / 'checkpoints'}" in log  # the trainer's own line

@@ -56,10 +56,17 @@ args = parser.parse_args()
 overrides = dict(item.split("=", 1) for item in args.overrides)
 if os.environ["RANK"] == "0":
     out = Path(args.output)
-    (out / "checkpoints" / "step_1").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints" / "step_1" / "weights").write_text("stub")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "call.json").write_text(json.dumps({"args": sys.argv[1:], "python": sys.executable}))
-    metrics = {"model": args.model, "auc": float(overrides["stub.auc"]), "gauc": 0.6,
+    if overrides.get("train.evaluate_only") == "true":  # scoring: the warm-start run's `stub.rescored`
+        source = json.loads((Path(overrides["train.warm_start"]).parent / "call.json").read_text())
+        source_overrides = dict(item.split("=", 1) for item in source["args"] if "=" in item)
+        auc = float(source_overrides.get("stub.rescored", source_overrides["stub.auc"]))
+    else:
+        (out / "checkpoints" / "step_1").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / "step_1" / "weights").write_text("stub")
+        auc = float(overrides["stub.auc"])
+    metrics = {"model": args.model, "auc": auc, "gauc": 0.6,
                "logloss": 0.2, "n_train": 2000, "n_test": 200, "train_samples_per_sec": 1.0}
     (out / "metrics.json").write_text(json.dumps(metrics))
 """
@@ -94,6 +101,8 @@ def test_warm_start_gate_and_publish_across_four_days(airflow_python, stub_repo,
         for day, auc in days
     ]
     runs[0]["conf"]["etl_full_range"] = True  # the first day builds the history
+    # Day 1's model scores 0.69 on later days' test splits (its own day: 0.7): the gate must use that.
+    runs[0]["conf"]["trainer_overrides"].append("stub.rescored=0.69")
     # Day 4: a model change (new shapes) needs a cold start; its AUC is accepted on purpose.
     runs[3]["conf"] |= {"warm_start": False, "auc_tolerance": 1.0}
     results, log = run_dag_tests(airflow_python, tmp_path / "airflow", runs, timeout=300)
@@ -103,7 +112,9 @@ def test_warm_start_gate_and_publish_across_four_days(airflow_python, stub_repo,
     # A regression is not an outage: the gate and publish are skipped, the run stays green.
     assert regressed["state"] == "success", log[-4000:]
     assert regressed["tasks"]["gate"] == "skipped" and regressed["tasks"]["publish"] == "skipped"
-    assert "gate REJECT: new AUC 0.650000 < published AUC 0.700000" in log
+    assert "gate REJECT: new AUC 0.650000 < published AUC 0.690000" in log
+    assert "(both on this run's test split)" in log
+    assert "from its own, older test day" in log  # day 4: cold start, the model is not re-scored
     assert recovered["tasks"]["publish"] == "success" and cold["tasks"]["publish"] == "success"
 
     run_dirs = {day: next((runs_dir / day).iterdir()) for day, _ in days}
@@ -124,6 +135,13 @@ def test_warm_start_gate_and_publish_across_four_days(airflow_python, stub_repo,
     assert warm_start("2017-12-02") == day_1_checkpoints
     assert warm_start("2017-12-03") == day_1_checkpoints
     assert warm_start("2017-12-04") == ""
+
+    # score_published: the published model (day 1) on day 2's data, evaluate-only.
+    scored = json.loads((run_dirs["2017-12-02"] / "published_scored" / "call.json").read_text())
+    assert "train.evaluate_only=true" in scored["args"]
+    assert f"train.warm_start={day_1_checkpoints}" in scored["args"]
+    assert not (run_dirs["2017-12-01"] / "published_scored").exists()  # nothing published yet
+    assert not (run_dirs["2017-12-04"] / "published_scored").exists()  # cold start
 
     etl_log = (tmp_path / "delta" / "etl_calls.jsonl").read_text().splitlines()
     etl_calls = [json.loads(line) for line in etl_log]

@@ -153,3 +153,20 @@ def test_warm_start_is_the_published_checkpoint_dir(tmp_path):
     run = make_run(tmp_path / "d1", 0.7)
     release.publish(run, published)
     assert release.warm_start_checkpoint(published) == str((run / "checkpoints").resolve())
+
+
+def test_gate_compares_on_this_runs_test_split_when_the_published_model_was_rescored(tmp_path):
+    published = tmp_path / "published"
+    release.publish(make_run(tmp_path / "d1", auc=0.70), published)
+    candidate = make_run(tmp_path / "d2", auc=0.66)
+    # On day 2's data the published model only reaches 0.65: the candidate is better there.
+    rescored = make_run(candidate / "published_scored", auc=0.65)
+    decision = release.gate(candidate, published, 0.002, rescored)
+    assert decision.publish and decision.published_auc == 0.65
+    assert "both on this run's test split" in decision.reason
+    fallback = release.gate(candidate, published, 0.002, tmp_path / "never_scored")
+    assert not fallback.publish and "older test day" in fallback.reason
+    other = json.loads((rescored / "metrics.json").read_text()) | {"n_test": 7}
+    (rescored / "metrics.json").write_text(json.dumps(other))
+    with pytest.raises(release.ReleaseError, match="not the same test set"):
+        release.gate(candidate, published, 0.002, rescored)

@@ -41,6 +41,7 @@ def test_model_overrides_are_forwarded_with_yaml_types():
         ("train.sharding_type=diagonal", "train.sharding_type"),
         ("train.pipeline=maybe", "train.pipeline"),
         ("max_steps", "max_steps"),
+        ("train.evaluate_only=true", "train.evaluate_only"),  # without train.warm_start
     ],
 )
 def test_bad_override_names_the_key(override, named):

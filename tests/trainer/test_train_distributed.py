@@ -135,6 +135,21 @@ def test_warm_start_on_next_day_data_with_new_ids_and_column_wise_sharding(
     assert _metrics(tmp_path)["steps"] == 4
 
 
+def test_evaluate_only_scores_the_warm_start_weights_without_training(
+    tiny_data, tmp_path, reference_run
+):
+    """The daily gate scores the published model on the candidate's test day this way."""
+    _ok(torchrun(_arguments(
+        tiny_data, tmp_path, "train.evaluate_only=true", f"train.warm_start={reference_run[0]}"
+    )))
+    metrics, reference = _metrics(tmp_path), _metrics(reference_run[0])
+    assert metrics["evaluate_only"] and metrics["steps"] == 0 and metrics["n_train"] == 0
+    assert metrics["n_test"] == reference["n_test"]
+    for key in ("auc", "gauc", "logloss"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-5), key
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_pipeline_matches_the_plain_loop_with_row_wise_sharding(tiny_data, tmp_path):
     results = {}
     for pipeline in ("false", "true"):
