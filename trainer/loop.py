@@ -25,6 +25,9 @@ from trainer.distributed import ProcessGroup, all_ranks_true, all_reduce_sum, an
 from trainer.metrics import Metrics, compute_metrics, gather_predictions
 
 logger = logging.getLogger(__name__)
+# No tqdm monitor thread: a daemon thread that wakes up while the interpreter shuts down is ended
+# by pthread_exit, which can abort a finished run ("terminate called without an active exception").
+tqdm.monitor_interval = 0
 
 
 @dataclass
