@@ -1,7 +1,7 @@
 """ETL throughput: events/s and peak memory of the full `build_sequences` job on local Spark.
 
-    python benchmarks/etl_benchmark.py --sizes 100000 1000000 [--master local[2]]
-        [--output benchmarks/results/etl.json] [--work /tmp/cain-etl-bench]
+    python benchmarks/etl_benchmark.py --sizes 100000 1000000 10000000 [--master local[2]]
+        [--output benchmarks/results/etl.json] [--work /tmp/cain-etl-bench] [--merge]
 
 For each size: a seeded synthetic Taobao log (`etl.synthetic`, ~100 events per user like the real
 file) is generated (timed separately), then `python etl/build_sequences.py` runs in a fresh
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -71,6 +72,11 @@ def run_measured(command: list[str], env: dict[str, str], log_path: Path) -> tup
     return time.time() - started, peak, code
 
 
+def _logged_shuffle_partitions(log: Path) -> int | None:
+    match = re.search(r"shuffle_partitions=(\d+)", log.read_text())
+    return int(match.group(1)) if match else None
+
+
 def samples_bytes(root: Path) -> int:
     return sum(path.stat().st_size for path in (root / "samples").rglob("*.parquet"))
 
@@ -109,6 +115,7 @@ def benchmark(size: int, work: Path, master: str) -> dict:
         "users": users,
         "items": items,
         "master": master,
+        "shuffle_partitions": _logged_shuffle_partitions(work / f"etl-{size}.log"),
         "generate_seconds": round(generate_seconds, 1),
         "etl_seconds": round(seconds, 1),
         "events_per_second": round(input_rows / seconds),
@@ -132,25 +139,30 @@ def main() -> None:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cain-etl-bench"))
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/etl.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the output file's results for sizes not run now")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = []
+    kept = []
+    if args.merge and args.output.exists():
+        kept = json.loads(args.output.read_text())["results"]
     print(f"{'events':>10} {'etl s':>8} {'events/s':>10} {'peak GiB':>9} {'B/cand':>7} "
           f"{'B/req':>7} {'load':>5}")
     for size in args.sizes:
         result = benchmark(size, args.work, args.master)
-        results.append(result)
         print(f"{result['events']:>10} {result['etl_seconds']:>8} "
               f"{result['events_per_second']:>10} {result['peak_rss_gib']:>9} "
               f"{result['bytes_per_candidate']:>7} {result['bytes_per_request']:>7} "
               f"{result['load_average_before']:>5}", flush=True)
-    payload = {
-        "benchmark": "etl/build_sequences.py, protocol cain (k=19), max_len 1024, full 9 days",
-        "machine": f"{os.cpu_count()} CPUs, shared with other jobs (see load averages)",
-        "results": results,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(payload, indent=2) + "\n")
+        # Written after every size, so a long run that fails later keeps what it measured.
+        kept = [r for r in kept if r["size"] != size] + [{"size": size, **result}]
+        payload = {
+            "benchmark": "etl/build_sequences.py, protocol cain (k=19), max_len 1024, full 9 days",
+            "machine": f"{os.cpu_count()} CPUs, shared with other jobs (see load averages)",
+            "results": sorted(kept, key=lambda r: r["size"]),
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 

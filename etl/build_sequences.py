@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files-per-day", type=int, default=2,
                         help="files per day partition (the trainer splits files among ranks)")
     parser.add_argument("--shuffle-partitions", type=int, default=None,
-                        help="spark.sql.shuffle.partitions (local default 8)")
+                        help="spark.sql.shuffle.partitions (default: sized from a local input, "
+                             "see sized_shuffle_partitions; a --conf given to spark-submit wins)")
     return parser.parse_args(argv)
 
 
@@ -104,6 +105,25 @@ def _is_local(path: str) -> bool:
 
 def _local(path: str) -> Path:
     return Path(path.removeprefix("file://"))
+
+
+# Raw input bytes per shuffle partition. The samples stage multiplies rows (cain: 20 candidates
+# per pv, each a draw row before aggregation): at 8 partitions a 10M-event log (290 MB) put ~20M
+# draw rows into one aggregation task and ran a 4 GiB local JVM out of heap.
+INPUT_BYTES_PER_SHUFFLE_PARTITION = 4 * 2**20
+MIN_SHUFFLE_PARTITIONS = 8  # a few partitions beat many tiny tasks on a laptop
+
+
+def sized_shuffle_partitions(paths: list[str | None]) -> int | None:
+    """spark.sql.shuffle.partitions for local inputs of this size; None when not all are local."""
+    total = 0
+    for path in filter(None, paths):
+        if not _is_local(path):
+            return None
+        local = _local(path)
+        files = [local] if local.is_file() else [f for f in local.rglob("*") if f.is_file()]
+        total += sum(file.stat().st_size for file in files)
+    return max(MIN_SHUFFLE_PARTITIONS, -(-total // INPUT_BYTES_PER_SHUFFLE_PARTITION))
 
 
 def check_paths(config: EtlConfig, input_path: str, output: str) -> tuple[str, str | None]:
@@ -330,12 +350,17 @@ def run(args: argparse.Namespace) -> FeatureSpec:
     root = args.output.rstrip("/")
     started = time.time()
     try:
-        session = spark.session("build_sequences", shuffle_partitions=args.shuffle_partitions)
+        session = spark.session(
+            "build_sequences",
+            shuffle_partitions=args.shuffle_partitions,
+            default_shuffle_partitions=sized_shuffle_partitions([events_input, profiles_input]),
+        )
     except spark.DeltaMissingError as error:
         raise JobError(str(error)) from error
-    log.info("source=%s protocol=%s days=%s..%s max_len=%d seed=%d input=%s output=%s",
-             config.source.format.value, config.protocol.name, first, last, config.max_len,
-             config.seed, args.input, root)
+    log.info("source=%s protocol=%s days=%s..%s max_len=%d seed=%d shuffle_partitions=%s "
+             "input=%s output=%s", config.source.format.value, config.protocol.name, first, last,
+             config.max_len, config.seed, session.conf.get("spark.sql.shuffle.partitions"),
+             args.input, root)
     build_events(session, config, events_input, root, first, last, args.files_per_day)
     demographics, fields = read_demographics(session, profiles_input)
     build_samples(session, config, root, first, last, demographics, fields, args.files_per_day)

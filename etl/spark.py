@@ -40,9 +40,14 @@ class DeltaMissingError(RuntimeError):
     """The JVM has no Delta Lake classes (spark-submit without --packages)."""
 
 
-def session(app_name: str, master: str | None = None, shuffle_partitions: int | None = None
-            ) -> SparkSession:
-    """Attach to the running SparkSession (spark-submit) or start a local one with Delta."""
+def session(app_name: str, master: str | None = None, shuffle_partitions: int | None = None,
+            default_shuffle_partitions: int | None = None) -> SparkSession:
+    """Attach to the running SparkSession (spark-submit) or start a local one with Delta.
+
+    spark.sql.shuffle.partitions: `shuffle_partitions` if given, else one set explicitly on the
+    running application (spark-submit --conf, spark-defaults.conf), else
+    `default_shuffle_partitions` (the job sizes it from its input), else 8 locally.
+    """
     active = SparkSession.getActiveSession()
     if active is None and os.environ.get("SPARK_ENV_LOADED") is None and not _launched_by_submit():
         builder = SparkSession.builder.appName(app_name).master(
@@ -52,15 +57,18 @@ def session(app_name: str, master: str | None = None, shuffle_partitions: int | 
         for key, value in DELTA_CONF.items():
             builder = builder.config(key, value)
         # Local mode: a few shuffle partitions beat the default 200 tiny tasks on 2 cores.
-        builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions or 8))
+        partitions = shuffle_partitions or default_shuffle_partitions or 8
+        builder = builder.config("spark.sql.shuffle.partitions", str(partitions))
         builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
         builder = builder.config("spark.ui.showConsoleProgress", "false")
         builder = builder.config("spark.driver.memory", os.environ.get("CAIN_DRIVER_MEMORY", "4g"))
         spark = builder.getOrCreate()
     else:
         spark = SparkSession.builder.appName(app_name).getOrCreate()
-        if shuffle_partitions:
-            spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        explicit = spark.sparkContext.getConf().contains("spark.sql.shuffle.partitions")
+        partitions = shuffle_partitions or (None if explicit else default_shuffle_partitions)
+        if partitions:
+            spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
     for key, value in SESSION_CONF.items():
         spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("WARN")

@@ -17,6 +17,11 @@ if ! command -v spark-submit >/dev/null 2>&1; then
   echo "spark-submit not found: source scripts/setup_env.sh (pyspark ships it) or install Spark" >&2
   exit 2
 fi
+# Shuffle partitions: CAIN_SHUFFLE_PARTITIONS if set, else the job sizes them from its input.
+shuffle=()
+if [ -n "${CAIN_SHUFFLE_PARTITIONS:-}" ]; then
+  shuffle=(--conf "spark.sql.shuffle.partitions=$CAIN_SHUFFLE_PARTITIONS")
+fi
 exec spark-submit \
   --master "${SPARK_MASTER:-local[2]}" \
   --packages "$delta_package" \
@@ -25,6 +30,6 @@ exec spark-submit \
   --conf spark.ui.showConsoleProgress=false \
   --conf spark.log.level="${CAIN_SPARK_LOG_LEVEL:-WARN}" \
   --conf spark.driver.memory="${CAIN_DRIVER_MEMORY:-4g}" \
-  --conf spark.sql.shuffle.partitions="${CAIN_SHUFFLE_PARTITIONS:-8}" \
   --conf spark.databricks.delta.snapshotPartitions="${CAIN_DELTA_SNAPSHOT_PARTITIONS:-2}" \
+  ${shuffle[@]+"${shuffle[@]}"} \
   "$@"

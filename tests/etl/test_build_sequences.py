@@ -159,3 +159,16 @@ def test_spec_goes_through_hadoop_file_systems_and_reads_back_by_uri(spark, full
     assert not (tmp_path / "remote-root" / "feature_spec.json.tmp").exists()
     with pytest.raises(FeatureSpecError, match="no feature spec"):
         FeatureSpec.read(f"file://{tmp_path}/elsewhere")
+
+
+def test_shuffle_partitions_grow_with_a_local_input(tmp_path):
+    """A 10M-event log ran a 4 GiB local JVM out of heap at a fixed 8 partitions."""
+    small, large = tmp_path / "small.csv", tmp_path / "large"
+    small.write_bytes(b"x" * 1000)
+    large.mkdir()
+    for index in range(3):  # a directory input (feed) counts every file in it
+        with (large / f"part-{index}.csv").open("wb") as part:
+            part.truncate(100 * 2**20)
+    assert build_sequences.sized_shuffle_partitions([str(small), None]) == 8
+    assert build_sequences.sized_shuffle_partitions([str(large)]) == 75
+    assert build_sequences.sized_shuffle_partitions(["hdfs:///logs/day.csv"]) is None
