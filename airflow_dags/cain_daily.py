@@ -1,9 +1,9 @@
 """
 # cain_daily: daily retraining of the lifelong-sequence CTR model
 
-`etl → validate → train → evaluate → score_published → gate → publish`, once a day. Every task runs the same
-command a person would, with the **main** virtualenv's `python` / `spark-submit` / `torchrun`
-first on `PATH` (Airflow lives in a venv of its own; see `docs/airflow.md`):
+`etl → validate → train → evaluate → score_published → gate → publish`, once a day. Every task
+runs the same command a person would, with the **main** virtualenv's `python` / `spark-submit` /
+`torchrun` first on `PATH` (Airflow lives in a venv of its own; see `docs/airflow.md`):
 
 - `etl`: `bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT
   --date DS` rebuilds day DS's partitions (idempotent) and the feature spec; with the param
@@ -223,11 +223,12 @@ def cain_daily():
         script = _in_main_venv(params, ["mkdir", "-p", params["runs_dir"]])
         if params["warm_start"]:
             # Resolved when the task runs, not at parse time: yesterday may have just published.
-            script += f"warm_start=\"$({shlex.join(_published_checkpoint(params))})\"\n"
+            script += f'warm_start="$({shlex.join(_published_checkpoint(params))})"\n'
         else:
             script += "warm_start=''\n"
         script += 'echo "warm start: ${warm_start:-none}"\n'
-        return script + _torchrun(params, _run_dir(params, ds, run_id), 'train.warm_start="$warm_start"')
+        output = _run_dir(params, ds, run_id)
+        return script + _torchrun(params, output, 'train.warm_start="$warm_start"')
 
     @task.bash(retries=0)
     def evaluate(params: dict, ds: str, run_id: str) -> str:
@@ -247,7 +248,7 @@ def cain_daily():
         script = _in_main_venv(params)
         if not params["warm_start"]:
             return script + 'echo "warm_start=false: the published model is not re-scored"\n'
-        script += f"checkpoint=\"$({shlex.join(_published_checkpoint(params))})\"\n"
+        script += f'checkpoint="$({shlex.join(_published_checkpoint(params))})"\n'
         script += 'if [ -z "$checkpoint" ]; then echo "no published model yet"; exit 0; fi\n'
         output = f"{_run_dir(params, ds, run_id)}/{PUBLISHED_SCORED}"
         overrides = 'train.evaluate_only=true train.warm_start="$checkpoint"'

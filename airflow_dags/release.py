@@ -14,8 +14,9 @@ XCom) and exits 0 on success, 1 with a message naming the problem, or 99 (`gate`
 `--on-reject skip`) to make Airflow skip the task and so the publish after it.
 
 The gate rule: publish when `new AUC >= published AUC - tolerance` (the first model is always
-published), both AUCs on this run's test split: the published model is re-scored on it first. `published` is a symlink to a run directory, switched atomically with a rename, so a
-reader sees either the old or the new run, never a half-written one; every switch is appended to
+published), both AUCs on this run's test split: the published model is re-scored on it first.
+`published` is a symlink to a run directory, switched atomically with a rename, so a reader sees
+either the old or the new run, never a half-written one; every switch is appended to
 `published_history.jsonl` next to it and old run directories are kept (rollback = publish an old
 run again). Stdlib only plus `etl.feature_spec` (pure Python): it imports in any venv.
 """

@@ -85,7 +85,7 @@ class FeatureSpec:
 
     @staticmethod
     def read(root: str | Path) -> FeatureSpec:
-        """From a local ROOT or a URI (s3://, gs://, hdfs://, file://) via pyarrow's file systems."""
+        """From a local ROOT or a URI (s3://, gs://, hdfs://, file://), the latter via pyarrow."""
         path = join(root, SPEC_FILE)
         text = _read_text(path)
         if text is None:

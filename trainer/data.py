@@ -110,7 +110,7 @@ class SamplesTable:
             file = DataFile(uri=uri, rows=int(rows), date=date or "")
             # File names are random (Spark and delta-rs put a UUID in them): order by content
             # (date, user range, rows) so that rebuilding the same data trains the same model.
-            users = (-1 if first_user is None else first_user, -1 if last_user is None else last_user)
+            users = tuple(-1 if user is None else user for user in (first_user, last_user))
             keyed.append(((file.date, *users, file.rows, file.uri), file))
         files = [file for _, file in sorted(keyed, key=lambda pair: pair[0])]
         split_dates = {name: tuple(stats.dates) for name, stats in spec.splits.items()}

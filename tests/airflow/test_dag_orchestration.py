@@ -58,7 +58,7 @@ if os.environ["RANK"] == "0":
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "call.json").write_text(json.dumps({"args": sys.argv[1:], "python": sys.executable}))
-    if overrides.get("train.evaluate_only") == "true":  # scoring: the warm-start run's `stub.rescored`
+    if overrides.get("train.evaluate_only") == "true":  # scoring: the source's `stub.rescored`
         source = json.loads((Path(overrides["train.warm_start"]).parent / "call.json").read_text())
         source_overrides = dict(item.split("=", 1) for item in source["args"] if "=" in item)
         auc = float(source_overrides.get("stub.rescored", source_overrides["stub.auc"]))
@@ -101,7 +101,7 @@ def test_warm_start_gate_and_publish_across_four_days(airflow_python, stub_repo,
         for day, auc in days
     ]
     runs[0]["conf"]["etl_full_range"] = True  # the first day builds the history
-    # Day 1's model scores 0.69 on later days' test splits (its own day: 0.7): the gate must use that.
+    # Day 1's model scores 0.69 on later test days (its own day: 0.7): the gate must use that.
     runs[0]["conf"]["trainer_overrides"].append("stub.rescored=0.69")
     # Day 4: a model change (new shapes) needs a cold start; its AUC is accepted on purpose.
     runs[3]["conf"] |= {"warm_start": False, "auc_tolerance": 1.0}

@@ -126,8 +126,8 @@ def test_every_impression_is_a_request_with_its_point_in_time_history(feed_build
         expected = [int(profile[f]) if profile else 0 for f in fields]
         assert row["profile_demographic"] == expected
         # Each impression is its own request: (time, item, click) as a multiset.
-        assert Counter(zip(row["req_ts"], row["cand_item_id"], row["cand_label"])) == Counter(
-            (e["timestamp"], e["item_id"], e["click"]) for e in day)
+        requests = zip(row["req_ts"], row["cand_item_id"], row["cand_label"], strict=True)
+        assert Counter(requests) == Counter((e["timestamp"], e["item_id"], e["click"]) for e in day)
         for ts, end in zip(row["req_ts"], row["req_history_end"], strict=True):
             earlier = [e for e in mine if e["timestamp"] < ts][-MAX_LEN:]
             start = max(0, end - MAX_LEN)

@@ -254,8 +254,10 @@ def test_rebuilt_tables_give_the_same_batches(tmp_path):
     for root in roots:
         write_synthetic_samples(root, users=12, days=3, files_per_day=3, seed=4)
     names = [
-        [file.uri.rsplit("/", 1)[-1] for file in SamplesTable.open(root, FeatureSpec.read(root))
-         .files("train")]
+        [
+            file.uri.rsplit("/", 1)[-1]
+            for file in SamplesTable.open(root, FeatureSpec.read(root)).files("train")
+        ]
         for root in roots
     ]
     assert names[0] != names[1]

@@ -139,9 +139,16 @@ def test_evaluate_only_scores_the_warm_start_weights_without_training(
     tiny_data, tmp_path, reference_run
 ):
     """The daily gate scores the published model on the candidate's test day this way."""
-    _ok(torchrun(_arguments(
-        tiny_data, tmp_path, "train.evaluate_only=true", f"train.warm_start={reference_run[0]}"
-    )))
+    _ok(
+        torchrun(
+            _arguments(
+                tiny_data,
+                tmp_path,
+                "train.evaluate_only=true",
+                f"train.warm_start={reference_run[0]}",
+            )
+        )
+    )
     metrics, reference = _metrics(tmp_path), _metrics(reference_run[0])
     assert metrics["evaluate_only"] and metrics["steps"] == 0 and metrics["n_train"] == 0
     assert metrics["n_test"] == reference["n_test"]
