@@ -361,10 +361,12 @@ def run(args: argparse.Namespace) -> FeatureSpec:
              "input=%s output=%s", config.source.format.value, config.protocol.name, first, last,
              config.max_len, config.seed, session.conf.get("spark.sql.shuffle.partitions"),
              args.input, root)
-    build_events(session, config, events_input, root, first, last, args.files_per_day)
-    demographics, fields = read_demographics(session, profiles_input)
-    build_samples(session, config, root, first, last, demographics, fields, args.files_per_day)
-    spec = feature_spec(session, config, root, demographics, fields)
+    with spark.StageProgress(session, log):
+        build_events(session, config, events_input, root, first, last, args.files_per_day)
+        demographics, fields = read_demographics(session, profiles_input)
+        build_samples(session, config, root, first, last, demographics, fields,
+                      args.files_per_day)
+        spec = feature_spec(session, config, root, demographics, fields)
     if _is_local(root):
         path = spec.write(_local(root))
     else:  # the trainer reads it back with pyarrow's file systems (FeatureSpec.read)

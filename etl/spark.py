@@ -16,7 +16,9 @@ API), so the artifact is pinned here and in scripts/spark_submit.sh. Override bo
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -157,3 +159,44 @@ def write_text(spark: SparkSession, uri: str, text: str) -> str:
     if not filesystem.rename(partial, target):
         raise OSError(f"could not rename {uri}.tmp to {uri}")
     return uri
+
+
+class StageProgress:
+    """Logs Spark's running stages every `interval` seconds while a job runs (`with` block).
+
+    The console progress bar is off (it garbles logs and Airflow's task logs), so a long stage
+    would otherwise be silent for tens of minutes. One line per interval, e.g.
+    `running: stage 14 35/74 tasks (2 running)`; nothing when no stage is running.
+    """
+
+    def __init__(self, spark: SparkSession, log: logging.Logger, interval: float = 30.0) -> None:
+        self.spark = spark
+        self.log = log
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spark-progress", daemon=True)
+
+    def report(self) -> str | None:
+        """The running stages' task counts, or None when none is running."""
+        tracker = self.spark.sparkContext.statusTracker()
+        parts = []
+        for stage_id in sorted(tracker.getActiveStageIds()):
+            info = tracker.getStageInfo(stage_id)  # None when Spark already forgot the stage
+            if info is not None:
+                parts.append(f"stage {stage_id} {info.numCompletedTasks}/{info.numTasks} tasks "
+                             f"({info.numActiveTasks} running)")
+        return "; ".join(parts) or None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            line = self.report()
+            if line:
+                self.log.info("running: %s", line)
+
+    def __enter__(self) -> StageProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -126,3 +126,24 @@ def test_protocol_presets_build_samples(spark, preset):
         # Day 1 has an empty pool; only ubr4ctr can draw from the user's own earlier events.
         expected_days = {D1, D2, D3} if preset == "ubr4ctr" else {D2, D3}
         assert {r["date"] for r in result} == expected_days
+
+
+def test_stage_progress_reports_the_running_stage(spark):
+    import logging
+    import threading
+
+    from etl.spark import StageProgress
+
+    progress = StageProgress(spark, logging.getLogger("test"), interval=0.05)
+    job = threading.Thread(
+        target=lambda: spark.range(0, 60_000_000, 1, 8).selectExpr("sum(hash(id))").collect()
+    )
+    reports = []
+    with progress:
+        job.start()
+        while job.is_alive():
+            reports.append(progress.report())
+            job.join(0.02)
+    seen = [report for report in reports if report]
+    assert any("/8 tasks (" in report for report in seen)  # the 8-task stage, as it ran
+    assert progress.report() is None  # nothing running any more
