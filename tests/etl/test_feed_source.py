@@ -9,9 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,9 +17,9 @@ from deltalake import DeltaTable
 
 from etl import build_sequences, synthetic
 from etl.feature_spec import FeatureSpec
+from tests.trainer.conftest import torchrun
 
 pytestmark = pytest.mark.spark
-REPO = Path(__file__).resolve().parents[2]
 DAYS = ("2024-03-04", "2024-03-05", "2024-03-06")
 MAX_LEN = 30
 SHANGHAI_OFFSET = 8 * 3600
@@ -145,14 +142,11 @@ def test_every_impression_is_a_request_with_its_point_in_time_history(feed_build
 
 def test_feed_tables_train_a_two_process_cain(feed_build, tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "trainer" / "main.py"), "--data", str(feed_build), "--model", "cain",
-         "--output", str(run_dir), "model.embedding_dim=8", "model.mlp_dims=[32,16]",
-         "train.batch_size=32", "train.eval_batch_size=64", "train.max_steps=4",
-         "train.progress=false"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+    process = torchrun(
+        ["--data", str(feed_build), "--model", "cain", "--output", str(run_dir),
+         "model.embedding_dim=8", "model.mlp_dims=[32,16]", "train.batch_size=32",
+         "train.eval_batch_size=64", "train.max_steps=4", "train.progress=false"],
+        timeout=300,
     )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
