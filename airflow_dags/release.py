@@ -70,7 +70,7 @@ def validate_data(
     split in `splits` with at least `min_samples` samples and a positive rate inside
     [min_positive_rate, max_positive_rate]; every table the spec names present as a Delta table.
     """
-    from etl.feature_spec import FeatureSpec, FeatureSpecError
+    from contract.feature_spec import FeatureSpec, FeatureSpecError
 
     root = Path(root)
     try:

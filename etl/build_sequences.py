@@ -29,14 +29,16 @@ import os
 import time
 import uuid
 from datetime import date
+from urllib.parse import unquote
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from contract import samples as samples_contract
+from contract.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
 from etl import clean, negatives, profiles, protocols, spark, timelines
 from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
-from etl.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
 
 log = logging.getLogger("etl.build_sequences")
 TABLES = ("events", "quarantine", "profiles", "samples")
@@ -262,7 +264,8 @@ def build_samples(
     samples = protocols.to_samples(
         days, draws, protocol, positive, config.max_len, config.seed
     ).transform(protocols.with_split, protocol, config.train_end_date)
-    spark.write_delta(samples.select(*protocols.SAMPLE_COLUMNS), f"{root}/samples", "date",
+    contract_columns = [F.col(c.name).cast(c.spark_type) for c in samples_contract.COLUMNS]
+    spark.write_delta(samples.select(*contract_columns), f"{root}/samples", "date",
                       f"date >= '{first}' AND date <= '{last}'", files, ("user_id",))
     days.unpersist()
     written = spark.read_delta(spark_session, f"{root}/samples").where(
@@ -275,9 +278,10 @@ def build_samples(
     )
     totals = written.agg(
         F.count(F.lit(1)).alias("rows"),
-        F.sum(F.size("req_ts")).alias("requests"),
-        F.sum(F.size("cand_label")).alias("candidates"),
-        F.sum(F.aggregate("cand_label", F.lit(0).cast("long"), lambda a, x: a + x)).alias("pos"),
+        F.sum(F.size("request_ts")).alias("requests"),
+        F.sum(F.size("candidate_label")).alias("candidates"),
+        F.sum(F.aggregate("candidate_label", F.lit(0).cast("long"),
+                          lambda a, x: a + x)).alias("pos"),
     ).first()
     stage("samples", started, user_days=totals["rows"], requests=totals["requests"],
           candidates=totals["candidates"], positives=totals["pos"])
@@ -302,9 +306,9 @@ def feature_spec(
         .groupBy("split")
         .agg(
             F.array_sort(F.collect_set("date")).alias("dates"),
-            F.sum(F.size("req_ts")).alias("requests"),
-            F.sum(F.size("cand_label")).alias("samples"),
-            F.sum(F.aggregate("cand_label", F.lit(0).cast("long"), lambda a, x: a + x)).alias(
+            F.sum(F.size("request_ts")).alias("requests"),
+            F.sum(F.size("candidate_label")).alias("samples"),
+            F.sum(F.aggregate("candidate_label", F.lit(0).cast("long"), lambda a, x: a + x)).alias(
                 "positives"
             ),
         )
@@ -316,6 +320,18 @@ def feature_spec(
             samples=int(row["samples"]), positives=int(row["positives"]),
         )
     cardinalities = {}
+    # Samples per file and split: trainer ranks balance their shares without scanning the files.
+    file_samples: dict[str, dict[str, int]] = {}
+    per_file = (
+        spark.read_delta(spark_session, f"{root}/samples")
+        .select(F.input_file_name().alias("uri"), "split",
+                F.aggregate("request_num_candidates", F.lit(0).cast("long"),
+                            lambda a, x: a + x).alias("samples"))
+        .groupBy("uri", "split").agg(F.sum("samples").alias("samples"))
+        .collect()  # one row per file and split
+    )
+    for row in per_file:
+        file_samples.setdefault(table_relative(row["uri"]), {})[row["split"]] = int(row["samples"])
     if demographics is not None:
         maxima = demographics.agg(*[F.max(name).alias(name) for name in demographic_fields]).first()
         cardinalities = {name: int(maxima[name] or 0) + 1 for name in demographic_fields}
@@ -337,7 +353,18 @@ def feature_spec(
         demographics=cardinalities,
         splits=splits,
         tables={name: name for name in TABLES},
+        file_samples=file_samples,
     )
+
+
+def table_relative(uri: str) -> str:
+    """A data file's path relative to its table, as the Delta log names it: the partition
+    directories (`key=value/`) and the file name at the end of its URI."""
+    parts = unquote(uri).rstrip("/").split("/")
+    start = len(parts) - 1
+    while start > 0 and "=" in parts[start - 1]:
+        start -= 1
+    return "/".join(parts[start:])
 
 
 def run(args: argparse.Namespace) -> FeatureSpec:

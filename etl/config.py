@@ -1,24 +1,21 @@
 """ETL configuration: the dataclasses are the schema, `conf/data/*.yaml` hold the values.
 
 A build reads one source preset (`conf/data/source/<name>.yaml`) and one protocol preset
-(`conf/data/protocol/<name>.yaml`); command-line flags override single values. Unknown keys and
-bad values fail with a message naming the key.
+(`conf/data/protocol/<name>.yaml`); command-line flags override single values. Values are typed
+and checked by the project's one config mechanism (`contract.config`): unknown keys and bad
+values fail with a message naming the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 from enum import Enum
 from pathlib import Path
 
-import yaml
+from contract.config import ConfigError, build, load_yaml, set_dotted
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"
-
-
-class ConfigError(ValueError):
-    """A preset or override names an unknown key or holds a bad value."""
 
 
 class SourceFormat(str, Enum):
@@ -158,62 +155,8 @@ class EtlConfig:
     @property
     def train_end_date(self) -> str:
         """Last training day (SplitRule.DATE): days after it are test."""
-        from datetime import timedelta
-
         end = date.fromisoformat(self.source.end_date) - timedelta(days=self.source.test_days)
         return end.isoformat()
-
-
-_ENUMS = {
-    "format": SourceFormat,
-    "requests": RequestRule,
-    "sampling": Sampling,
-    "split": SplitRule,
-}
-
-
-def _build(cls: type, values: dict, origin: str):
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{origin}: unknown keys {unknown} (known: {sorted(known)})")
-    converted = {}
-    for key, value in values.items():
-        try:
-            if key in _ENUMS:
-                value = _ENUMS[key](value)
-            elif key == "behaviors":
-                value = tuple(value)
-            elif known[key].type in ("int", "float", "bool", "str"):
-                value = {"int": int, "float": float, "bool": _bool, "str": str}[known[key].type](
-                    value
-                )
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"{origin}: bad value for {key!r}: {error}") from error
-        converted[key] = value
-    try:
-        return cls(**converted)
-    except TypeError as error:
-        raise ConfigError(f"{origin}: {error}") from error
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _preset(kind: str, name: str) -> tuple[dict, str]:
-    path = Path(name) if name.endswith(".yaml") else CONF_DIR / kind / f"{name}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
-        raise ConfigError(f"no {kind} preset {name!r} at {path}; available: {available}")
-    return yaml.safe_load(path.read_text()) or {}, str(path)
 
 
 def load_config(
@@ -221,29 +164,18 @@ def load_config(
     protocol: str = "cain",
     overrides: dict[str, object] | None = None,
 ) -> EtlConfig:
-    """Presets by name (or .yaml path), then `overrides` with keys `source.X`, `protocol.X`, `X`."""
-    source_values, source_origin = _preset("source", source)
-    protocol_values, protocol_origin = _preset("protocol", protocol)
-    top_values: dict[str, object] = {}
+    """Presets by name (or .yaml path), then `overrides` with keys `source.X`, `protocol.X`, `X`
+    (None values are ignored: an unset command-line flag)."""
+    values = {"source": _preset("source", source), "protocol": _preset("protocol", protocol)}
     for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, _, name = key.rpartition(".")
-        target = {"source": source_values, "protocol": protocol_values, "": top_values}.get(section)
-        if target is None:
-            raise ConfigError(f"override {key!r}: section must be source or protocol")
-        target[name] = value
-    config = _build(
-        EtlConfig,
-        {
-            **top_values,
-            "source": _build(SourceConfig, source_values, source_origin),
-            "protocol": _build(ProtocolConfig, protocol_values, protocol_origin),
-        },
-        "etl config",
-    )
-    return config
+        if value is not None:
+            set_dotted(values, key, value)
+    return build(EtlConfig, values, origin="etl config")
 
 
-def with_dates(config: EtlConfig, start_date: str, end_date: str) -> EtlConfig:
-    return replace(config, source=replace(config.source, start_date=start_date, end_date=end_date))
+def _preset(kind: str, name: str) -> dict:
+    path = Path(name) if name.endswith(".yaml") else CONF_DIR / kind / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
+        raise ConfigError(f"no {kind} preset {name!r} at {path}; available: {available}")
+    return load_yaml(path)

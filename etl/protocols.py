@@ -11,7 +11,7 @@
 
 Presets live in conf/data/protocol/ (cain, dare, eta_sdim, ubr4ctr, mimn_sim, feed_click; see
 docs/etl.md). Requests of one user-day share one timeline row; a request's history is the timeline
-prefix with ts < request ts (`req_history_end`), so the target is never in its own history.
+prefix with ts < request ts (`request_history_end`), so the target is never in its own history.
 
 Negative candidates for request i come from its fixed-size chunk of draws (negatives.py); with
 `exclude_history`, items the user interacted with before the request (every earlier day, plus the
@@ -168,14 +168,14 @@ def to_samples(
         F.size(recent).alias("prior_length"),
         F.array_distinct(F.transform("prior", lambda e: e["item_id"])).alias("seen_before_day"),
         F.transform("day", lambda e: e["item_id"]).alias("day_items"),
-    ).withColumn("hist_ts", F.transform("timeline", lambda e: e["ts"]))
+    ).withColumn("timeline_ts", F.transform("timeline", lambda e: e["ts"]))
     # Step 1: where each request's history ends (its first timeline event at or after its ts).
     rows = rows.withColumn(
         "requests",
         F.transform(
             "requests",
             lambda r: r.withField(
-                "history_end", (F.array_position("hist_ts", r["ts"]) - 1).cast("int")
+                "history_end", (F.array_position("timeline_ts", r["ts"]) - 1).cast("int")
             ),
         ),
     )
@@ -220,26 +220,26 @@ def to_samples(
         ),
         lambda r: r["candidates"].isNotNull(),
     )
-    rows = rows.select("user_id", "date", "timeline", "hist_ts", *profile, built.alias("built"))
+    rows = rows.select("user_id", "date", "timeline", "timeline_ts", *profile, built.alias("built"))
     rows = rows.where(F.size("built") > 0).withColumn(
         "candidates", F.flatten(F.transform("built", lambda r: r["candidates"]))
     )
     return rows.select(
         F.col("user_id").cast("long"),
         F.col("date"),
-        F.transform("timeline", lambda e: e["item_id"]).alias("hist_item_id"),
-        F.transform("timeline", lambda e: e["category_id"]).alias("hist_category_id"),
-        F.transform("timeline", lambda e: e["behavior"]).cast("array<int>").alias("hist_behavior"),
-        F.col("hist_ts"),
+        F.transform("timeline", lambda e: e["item_id"]).alias("timeline_item_id"),
+        F.transform("timeline", lambda e: e["category_id"]).alias("timeline_category_id"),
+        F.transform("timeline", lambda e: e["behavior"]).cast("array<int>").alias("timeline_behavior"),
+        F.col("timeline_ts"),
         F.transform("timeline", lambda e: e["watch_time"]).cast("array<float>").alias(
-            "hist_watch_time"
+            "timeline_watch_time"
         ),
-        F.transform("built", lambda r: r["ts"]).alias("req_ts"),
-        F.transform("built", lambda r: r["history_end"]).alias("req_history_end"),
-        F.transform("built", lambda r: F.size(r["candidates"])).alias("req_num_candidates"),
-        F.transform("candidates", lambda c: c["item_id"]).alias("cand_item_id"),
-        F.transform("candidates", lambda c: c["category_id"]).alias("cand_category_id"),
-        F.transform("candidates", lambda c: c["label"]).alias("cand_label"),
+        F.transform("built", lambda r: r["ts"]).alias("request_ts"),
+        F.transform("built", lambda r: r["history_end"]).alias("request_history_end"),
+        F.transform("built", lambda r: F.size(r["candidates"])).alias("request_num_candidates"),
+        F.transform("candidates", lambda c: c["item_id"]).alias("candidate_item_id"),
+        F.transform("candidates", lambda c: c["category_id"]).alias("candidate_category_id"),
+        F.transform("candidates", lambda c: c["label"]).alias("candidate_label"),
         *profile,
     )
 
@@ -252,16 +252,7 @@ def with_split(
         return samples.withColumn("split", split)
     # USER_RECENCY: one row per user; the latest test_fraction of users (by their request time)
     # are test. A global ordering: fine for one row per user.
-    recency = Window.orderBy(F.try_element_at("req_ts", F.lit(-1)).desc(), F.col("user_id"))
+    recency = Window.orderBy(F.try_element_at("request_ts", F.lit(-1)).desc(), F.col("user_id"))
     rank = F.percent_rank().over(recency)
     split = F.when(rank < protocol.test_fraction, "test").otherwise("train")
     return samples.withColumn("split", split)
-
-
-SAMPLE_COLUMNS = (
-    "user_id", "date", "split",
-    "hist_item_id", "hist_category_id", "hist_behavior", "hist_ts", "hist_watch_time",
-    "req_ts", "req_history_end", "req_num_candidates",
-    "cand_item_id", "cand_category_id", "cand_label",
-    "profile_dense", "profile_top_category", "profile_demographic",
-)

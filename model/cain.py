@@ -45,8 +45,9 @@ from enum import Enum
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.din import DINAttention, DINAttentionConfig
 from model.eta import ETAAttention, ETAAttentionConfig
 from model.lap import LAPAttention, LAPAttentionConfig
@@ -269,14 +270,14 @@ class CAIN(LifelongCTRModel):
     """Shared body + TCN/MSIA/PEG long-term module."""
 
     def __init__(
-        self, config: CAINConfig, spec: FeatureSpec, embedding_device: torch.device | None = None
+        self, config: CAINConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         multi_scope = MultiScopeArch(
             config,
             self.key_dim,
             self.value_dim,
             self.side_dim,
-            self.embedding_arch.profile_group_dims,
+            self.profile_group_dims,
         )
         self.set_long_term_arch(CAINLongTermArch(multi_scope))

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.layers.attention import ActivationUnitAttention
 from model.lifelong_model import BodyConfig, LifelongCTRModel, LongTermOutput, RawHistoryArch
 
@@ -67,8 +68,8 @@ class DIN(LifelongCTRModel):
     """Shared body + DIN attention over the full history."""
 
     def __init__(
-        self, config: DINConfig, spec: FeatureSpec, embedding_device: torch.device | None = None
+        self, config: DINConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         attention = DINAttention(config.din, self.key_dim, self.value_dim)
         self.set_long_term_arch(RawHistoryArch(attention))

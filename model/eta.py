@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.layers.attention import TargetAttention
 from model.layers.retrieval import SimHash, hamming_similarity, masked_top_k
 from model.lifelong_model import BodyConfig, LifelongCTRModel, LongTermOutput, RawHistoryArch
@@ -70,8 +71,8 @@ class ETA(LifelongCTRModel):
     """Shared body + ETA over the raw history."""
 
     def __init__(
-        self, config: ETAConfig, spec: FeatureSpec, embedding_device: torch.device | None = None
+        self, config: ETAConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         attention = ETAAttention(config.eta, self.key_dim, self.value_dim)
         self.set_long_term_arch(RawHistoryArch(attention))

@@ -31,8 +31,9 @@ from enum import Enum
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.layers.attention import (
     ActivationUnitAttention,
     TargetAttention,
@@ -154,8 +155,8 @@ class LAP(LifelongCTRModel):
     """Shared body + the attention pyramid over the raw history."""
 
     def __init__(
-        self, config: LAPConfig, spec: FeatureSpec, embedding_device: torch.device | None = None
+        self, config: LAPConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         attention = LAPAttention(config.lap, self.key_dim, self.value_dim)
         self.set_long_term_arch(RawHistoryArch(attention))

@@ -1,6 +1,7 @@
 """The body every model shares; only the long-term module differs (as the papers compare them).
 
-    embedding arch   -> candidates [B, 2D], history [R, L, 2D] + side [R, L, D], profile [R, P]
+    sparse arch      -> one EmbeddingCollection lookup (the collection is given to the model)
+    embedding layout -> candidates [B, 2D], history [R, L, 2D] + side [R, L, D], profile [R, P]
     request grouping -> queries [R, C, 2D] (candidates next to their request's history)
     short-term arch  -> target attention over the last `short_len` items      [R, C, Ds]
     long-term arch   -> the model's module over the whole history              [R, C, Dl]
@@ -12,8 +13,10 @@ watch time) when `use_side_features`, else the keys. Long-term modules see
 (queries, keys, values, mask, side) so the same module runs on raw embeddings (plain baselines) or
 on TCN outputs (CAIN and the X_TCN / X_MSIA backbone variants).
 
-Models return logits; `forward_with_losses` also returns auxiliary losses (SIM's GSU loss), which
-`model.train_wrapper.CTRTrain` adds to the CTR loss.
+The sparse arch is the model's only TorchRec module (the trainer builds it from the table layout
+and DMP shards it, TorchRec's DLRM pattern); everything after the lookup is one `DenseArch`.
+Models return logits; `forward_with_losses` also returns the auxiliary loss (SIM's GSU loss; 0 for
+the others), which `model.train_wrapper.CTRTrain` adds to the CTR loss.
 
 Letters: R requests, B candidates, C candidates per request, L history length, S short-term
 length, D embedding dim, P profile width.
@@ -27,14 +30,17 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.batch import Batch
 from model.layers.attention import ActivationUnitAttention, TargetAttention
-from model.layers.embedding import EmbeddedBatch, EmbeddingArch
+from model.layers.embedding import EmbeddedBatch, EmbeddingLayout
 from model.layers.mlp import OverArch
 from model.layers.request_groups import RequestGroups
 from model.layers.temporal_convolution import PersonalizedFilterGenerator
+from model.tables import table_layout
 
 
 class ShortTermAttention(Enum):
@@ -105,49 +111,43 @@ class ShortTermArch(nn.Module):
         return self.attention(queries, embedded.short_history, values, embedded.short_mask)
 
 
-def initialize_xavier(model: nn.Module) -> None:
+def initialize_xavier(dense_arch: nn.Module) -> None:
     """Xavier-uniform for every dense weight matrix, zero biases (paper §5.1.4).
 
-    Embedding tables keep TorchRec's initialisation (they may live on the meta device until DMP
-    materialises them). PEG generators then reset their output bias to a Xavier filter.
+    Only the dense arch: embedding tables keep TorchRec's initialisation (they live on the meta
+    device until DMP materialises them). PEG generators then reset their output bias to a Xavier
+    filter.
     """
-    for name, parameter in model.named_parameters():
-        if name.startswith("embedding_arch.") or parameter.is_meta:
-            continue
+    for name, parameter in dense_arch.named_parameters():
         if parameter.dim() >= 2:
             nn.init.xavier_uniform_(parameter)
         elif name.endswith("bias"):
             nn.init.zeros_(parameter)
-    for module in model.modules():
+    for module in dense_arch.modules():
         if isinstance(module, PersonalizedFilterGenerator):
             module.reset_output_bias()
 
 
-class LifelongCTRModel(nn.Module):
-    """Shared body. A model passes its long-term module to `set_long_term_arch`.
+class DenseArch(nn.Module):
+    """Everything after the lookup: embedding layout -> short-term, long-term -> over arch.
 
-    `long_term_arch(queries [R, C, 2D], embedded) -> LongTermOutput` is the only model-specific
-    stage.
+    It holds no embedding table, so TorchRec's pipeline tracer treats it as one leaf call and
+    finds the sparse arch's input without tracing the data-dependent padding here.
     """
 
     long_term_arch: nn.Module
+    over_arch: OverArch
 
-    def __init__(
-        self, config: BodyConfig, spec: FeatureSpec, embedding_device: torch.device | None
-    ) -> None:
+    def __init__(self, config: BodyConfig, spec: FeatureSpec) -> None:
         super().__init__()
         self.config = config
-        self.embedding_arch = EmbeddingArch(
-            spec,
-            config.embedding_dim,
-            config.max_table_rows,
-            embedding_device,
-            config.use_side_features,
+        self.embedding_layout = EmbeddingLayout(
+            spec, config.embedding_dim, config.use_side_features
         )
-        self.key_dim = self.embedding_arch.item_dim  # 2D
-        self.side_dim = self.embedding_arch.side_dim  # D
+        self.key_dim = self.embedding_layout.item_dim  # 2D
+        self.side_dim = self.embedding_layout.side_dim  # D
         self.value_dim = self.key_dim + (self.side_dim if config.use_side_features else 0)
-        self.profile_dim = sum(self.embedding_arch.profile_group_dims.values())
+        self.profile_dim = sum(self.embedding_layout.profile_group_dims.values())
         self.short_term_arch = ShortTermArch(config, self.key_dim, self.value_dim)
 
     def set_long_term_arch(self, long_term_arch: nn.Module) -> None:
@@ -162,13 +162,11 @@ class LifelongCTRModel(nn.Module):
         self.over_arch = OverArch(head_dim, self.config.mlp_dims)
         initialize_xavier(self)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """-> logits [B]."""
-        return self.forward_with_losses(batch)[0]
-
-    def forward_with_losses(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """-> (logits [B], auxiliary losses by name, already weighted)."""
-        embedded = self.embedding_arch(batch.sparse_features, batch.dense_features)
+    def forward(
+        self, looked_up: dict[str, JaggedTensor], batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logits [B], auxiliary loss: a weighted scalar, 0 for models without one)."""
+        embedded = self.embedding_layout(looked_up, batch.dense_features)
         groups = RequestGroups(batch.request_index, batch.num_requests)
         queries = groups.to_requests(embedded.candidates)  # [R, C, 2D]
         short_term = self.short_term_arch(queries, embedded)  # [R, C, Ds]
@@ -187,13 +185,81 @@ class LifelongCTRModel(nn.Module):
         else:
             features = torch.cat([groups.expand(profile), *per_candidate], dim=-1)  # [B, H]
             logits = self.over_arch(features)  # [B]
-        losses: dict[str, torch.Tensor] = {}
+        auxiliary = logits.new_zeros(())
         if long_term.auxiliary_logits is not None:
             auxiliary_logits = groups.to_candidates(long_term.auxiliary_logits)  # [B]
-            losses["auxiliary"] = long_term.auxiliary_weight * F.binary_cross_entropy_with_logits(
+            auxiliary = long_term.auxiliary_weight * F.binary_cross_entropy_with_logits(
                 auxiliary_logits, batch.labels.to(auxiliary_logits.dtype)
             )
-        return logits, losses
+        return logits, auxiliary
+
+
+class LifelongCTRModel(nn.Module):
+    """sparse arch (the EmbeddingCollection it is given) -> dense arch (the shared body).
+
+    A model passes its long-term module to `set_long_term_arch`;
+    `long_term_arch(queries [R, C, 2D], embedded) -> LongTermOutput` is the only model-specific
+    stage.
+
+    Args:
+        config: the model's resolved config (a BodyConfig subclass).
+        spec: the feature spec (demographics, dense features, short_len).
+        sparse_arch: the EmbeddingCollection with the tables of `model.tables.table_layout(spec,
+            config.max_table_rows)` at `config.embedding_dim` (the trainer builds it; `build_model`
+            builds one when none is given).
+    """
+
+    def __init__(
+        self, config: BodyConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
+    ) -> None:
+        super().__init__()
+        check_sparse_arch(sparse_arch, spec, config)
+        self.config = config
+        self.sparse_arch = sparse_arch
+        self.dense_arch = DenseArch(config, spec)
+
+    @property
+    def key_dim(self) -> int:
+        return self.dense_arch.key_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.dense_arch.value_dim
+
+    @property
+    def side_dim(self) -> int:
+        return self.dense_arch.side_dim
+
+    @property
+    def profile_group_dims(self) -> dict[str, int]:
+        return self.dense_arch.embedding_layout.profile_group_dims
+
+    def set_long_term_arch(self, long_term_arch: nn.Module) -> None:
+        self.dense_arch.set_long_term_arch(long_term_arch)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """-> logits [B]."""
+        return self.forward_with_losses(batch)[0]
+
+    def forward_with_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logits [B], auxiliary loss scalar: SIM's GSU loss, already weighted; else 0)."""
+        looked_up = self.sparse_arch(batch.sparse_features)  # one lookup for every table
+        return self.dense_arch(looked_up, batch)
+
+
+def check_sparse_arch(sparse_arch: EmbeddingCollection, spec: FeatureSpec, config: BodyConfig):
+    """The collection must serve every feature the spec implies, at the config's dim."""
+    tables = sparse_arch.embedding_configs()
+    served = {name for table in tables for name in table.feature_names}
+    needed = set(table_layout(spec, config.max_table_rows).rows_for_feature())
+    if not needed <= served:
+        raise ValueError(f"sparse arch has no table for features {sorted(needed - served)}")
+    dims = {table.embedding_dim for table in tables}
+    if dims != {config.embedding_dim}:
+        raise ValueError(
+            f"sparse arch tables have dims {sorted(dims)}, the model's embedding_dim is "
+            f"{config.embedding_dim}"
+        )
 
 
 class RawHistoryArch(nn.Module):

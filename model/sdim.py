@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.layers.attention import TargetAttention
 from model.layers.retrieval import (
     SimHash,
@@ -99,8 +100,8 @@ class SDIM(LifelongCTRModel):
     """Shared body + SDIM over the raw history."""
 
     def __init__(
-        self, config: SDIMConfig, spec: FeatureSpec, embedding_device: torch.device | None = None
+        self, config: SDIMConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         attention = SDIMAttention(config.sdim, self.key_dim, self.value_dim)
         self.set_long_term_arch(RawHistoryArch(attention))

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.layers.attention import TargetAttention, masked_softmax
 from model.layers.mlp import OverArch
 from model.layers.retrieval import masked_top_k
@@ -109,8 +110,8 @@ class SIMSoft(LifelongCTRModel):
         self,
         config: SIMSoftConfig,
         spec: FeatureSpec,
-        embedding_device: torch.device | None = None,
+        sparse_arch: EmbeddingCollection,
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         attention = SIMSoftAttention(config.sim_soft, self.key_dim, self.value_dim)
         self.set_long_term_arch(RawHistoryArch(attention))

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from etl.feature_spec import FeatureSpec
-from model.batch import Batch, Keys
+from contract.feature_spec import FeatureSpec
+from model.batch import Batch, Keys, mean_weights
 from model.tables import table_layout
 
 
@@ -107,13 +107,16 @@ def synthetic_batch(
     num_history = int(history_lengths.sum())
     top_lengths = integers(0, spec.top_categories + 1, (num_requests,))
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-        Keys.CAND_ITEM: (candidate_items, candidate_counts),
-        Keys.CAND_CATEGORY: (item_category[candidate_items], candidate_counts),
-        Keys.HIST_ITEM: (history_items, history_lengths),
-        Keys.HIST_CATEGORY: (item_category[history_items], history_lengths),
-        Keys.HIST_BEHAVIOR: (integers(1, len(spec.behaviors) + 1, (num_history,)), history_lengths),
-        Keys.HIST_TIME_GAP: (integers(0, rows["time_gap"], (num_history,)), history_lengths),
-        Keys.HIST_WATCH_TIME: (integers(0, rows["watch_time"], (num_history,)), history_lengths),
+        Keys.CANDIDATE_ITEM: (candidate_items, candidate_counts),
+        Keys.CANDIDATE_CATEGORY: (item_category[candidate_items], candidate_counts),
+        Keys.HISTORY_ITEM: (history_items, history_lengths),
+        Keys.HISTORY_CATEGORY: (item_category[history_items], history_lengths),
+        Keys.HISTORY_BEHAVIOR: (
+            integers(1, len(spec.behaviors) + 1, (num_history,)),
+            history_lengths,
+        ),
+        Keys.HISTORY_TIME_GAP: (integers(0, rows["time_gap"], (num_history,)), history_lengths),
+        Keys.HISTORY_WATCH_TIME: (integers(0, rows["watch_time"], (num_history,)), history_lengths),
         Keys.PROFILE_TOP_CATEGORY: (
             integers(0, rows["category"], (int(top_lengths.sum()),)),
             top_lengths,
@@ -136,4 +139,5 @@ def synthetic_batch(
         labels=labels,
         request_index=request_index,
         user_ids=user_of_request[request_index],
+        weights=mean_weights(num_samples),
     )

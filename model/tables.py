@@ -5,6 +5,10 @@ the same embeddings). Raw ids are mapped to rows by `id % rows` in the data pipe
 (`row_ids`), so a table never sees an out-of-range id; ids that are new since the spec was written
 land in an existing row (documented collision, the TorchRec/Criteo convention) instead of failing.
 All tables share one dimension: TorchRec's sequence `EmbeddingCollection` requires it.
+
+The trainer builds the collection (`embedding_collection`, on the meta device so that
+`DistributedModelParallel` materialises only each rank's shards) and hands it to the model as its
+sparse stage (TorchRec's DLRM pattern); `LifelongCTRModel.check_sparse_arch` verifies it matches.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.batch import Keys
 
 
@@ -53,17 +58,24 @@ def table_layout(spec: FeatureSpec, max_rows: int) -> TableLayout:
         "watch_time": spec.watch_time_buckets,
     }
     features = {
-        "item": (Keys.CAND_ITEM, Keys.HIST_ITEM),
-        "category": (Keys.CAND_CATEGORY, Keys.HIST_CATEGORY, Keys.PROFILE_TOP_CATEGORY),
-        "behavior": (Keys.HIST_BEHAVIOR,),
-        "time_gap": (Keys.HIST_TIME_GAP,),
-        "watch_time": (Keys.HIST_WATCH_TIME,),
+        "item": (Keys.CANDIDATE_ITEM, Keys.HISTORY_ITEM),
+        "category": (Keys.CANDIDATE_CATEGORY, Keys.HISTORY_CATEGORY, Keys.PROFILE_TOP_CATEGORY),
+        "behavior": (Keys.HISTORY_BEHAVIOR,),
+        "time_gap": (Keys.HISTORY_TIME_GAP,),
+        "watch_time": (Keys.HISTORY_WATCH_TIME,),
     }
     for field_name, cardinality in spec.demographics.items():
         table = f"demographic_{field_name}"
         rows[table] = cardinality
         features[table] = (Keys.demographic(field_name),)
     return TableLayout(rows=rows, features=features)
+
+
+def embedding_collection(
+    layout: TableLayout, embedding_dim: int, device: torch.device | None = None
+) -> EmbeddingCollection:
+    """One TorchRec EmbeddingCollection holding every table of `layout` at `embedding_dim`."""
+    return EmbeddingCollection(tables=layout.embedding_configs(embedding_dim), device=device)
 
 
 def row_ids(raw_ids: torch.Tensor, rows: int) -> torch.Tensor:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.layers.attention import TargetAttention, normalize_scores
 from model.layers.retrieval import masked_top_k, unique_union
 from model.lifelong_model import BodyConfig, LifelongCTRModel, LongTermOutput, RawHistoryArch
@@ -93,9 +94,9 @@ class TWIN(LifelongCTRModel):
     """Shared body + TWIN over the raw history."""
 
     def __init__(
-        self, config: TWINConfig, spec: FeatureSpec, embedding_device: torch.device | None = None
+        self, config: TWINConfig, spec: FeatureSpec, sparse_arch: EmbeddingCollection
     ) -> None:
-        super().__init__(config, spec, embedding_device)
+        super().__init__(config, spec, sparse_arch)
         side_dim = self.side_dim if config.use_side_features else 0
         attention = TWINAttention(config.twin, self.key_dim, self.value_dim, side_dim)
         self.set_long_term_arch(RawHistoryArch(attention))

@@ -1,16 +1,17 @@
 """From Arrow rows of the `samples` table to `model.batch.Batch`.
 
-A *block* is a set of `samples` rows (user-days) converted once to flat NumPy arrays
-(`RequestBlock`); any subset of its requests is then gathered into a Batch with a few vectorised
-index operations — no per-request Python loop. The request's history is the slice
-`timeline[max(0, end - max_len) : end]` of its row's timeline (docs/data.md), gathered jagged,
-never padded on the host.
+A *block* is a set of `samples` rows (user-days, contract/samples.py) converted once to flat NumPy
+arrays (`RequestBlock`); any subset of its requests is then gathered into a Batch with a few
+vectorised index operations — no per-request Python loop. The request's history is the slice
+`timeline[max(0, history_end - max_len) : history_end]` of its row's timeline (docs/data.md),
+gathered jagged, never padded on the host.
 
 Feature derivation (the contract with the models, documented in docs/trainer.md):
 - ids go through `model.tables.row_ids` (id % rows of the feature's table), so ids unseen when
   the spec was written land in an existing row instead of failing;
-- `hist_time_gap` = min(time_gap_buckets - 1, floor(log2(1 + (req_ts - hist_ts)))) in seconds;
-- `hist_watch_time` = min(watch_time_buckets - 1, floor(log2(1 + watch seconds)));
+- `history_time_gap` = min(time_gap_buckets - 1, floor(log2(1 + (request_ts - timeline_ts)))) in
+  seconds;
+- `history_watch_time` = min(watch_time_buckets - 1, floor(log2(1 + watch seconds)));
 - `profile_<field>` = the field's demographic code (one id per request).
 
 Letters: N rows in a block, Q requests in a block, R requests in a batch, B samples in a batch,
@@ -26,29 +27,10 @@ import pyarrow as pa
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from etl.feature_spec import FeatureSpec
-from model.batch import Batch, Keys
+from contract import samples
+from contract.feature_spec import FeatureSpec
+from model.batch import Batch, Keys, mean_weights
 from model.tables import TableLayout
-
-# Columns read from the samples table; `date` is a partition column (not in the Parquet files).
-SAMPLE_COLUMNS = (
-    "user_id",
-    "split",
-    "hist_item_id",
-    "hist_category_id",
-    "hist_behavior",
-    "hist_ts",
-    "hist_watch_time",
-    "req_ts",
-    "req_history_end",
-    "req_num_candidates",
-    "cand_item_id",
-    "cand_category_id",
-    "cand_label",
-    "profile_dense",
-    "profile_top_category",
-    "profile_demographic",
-)
 
 
 class SampleDataError(ValueError):
@@ -89,7 +71,8 @@ class RequestBlock:
 
     Per row [N]: user_ids, profile_dense [N, F], demographic [N, G]; top_category with
     top_offsets [N + 1]. Timeline [T]: timeline_item, timeline_category, timeline_behavior,
-    timeline_ts, timeline_watch_time. Candidates [C]: cand_item, cand_category, cand_label.
+    timeline_ts, timeline_watch_time. Candidates [C]: candidate_item, candidate_category,
+    candidate_label.
     Per request [Q]: request_row, request_ts, history_begin, history_end (absolute positions in
     the timeline arrays), candidate_begin, candidate_count.
     """
@@ -104,9 +87,9 @@ class RequestBlock:
     timeline_behavior: np.ndarray
     timeline_ts: np.ndarray
     timeline_watch_time: np.ndarray
-    cand_item: np.ndarray
-    cand_category: np.ndarray
-    cand_label: np.ndarray
+    candidate_item: np.ndarray
+    candidate_category: np.ndarray
+    candidate_label: np.ndarray
     request_row: np.ndarray
     request_ts: np.ndarray
     history_begin: np.ndarray
@@ -136,17 +119,23 @@ def request_block(table: pa.Table, spec: FeatureSpec) -> RequestBlock:
         )
         return values
 
-    timeline_item, timeline_offsets = _list_column(table, "hist_item_id", np.int64)
-    timeline_category = aligned("hist_category_id", np.int64, timeline_offsets, "hist_item_id")
-    timeline_behavior = aligned("hist_behavior", np.int64, timeline_offsets, "hist_item_id")
-    timeline_ts = aligned("hist_ts", np.int64, timeline_offsets, "hist_item_id")
-    timeline_watch_time = aligned("hist_watch_time", np.float64, timeline_offsets, "hist_item_id")
-    request_ts, request_offsets = _list_column(table, "req_ts", np.int64)
-    history_end_in_row = aligned("req_history_end", np.int64, request_offsets, "req_ts")
-    candidate_count = aligned("req_num_candidates", np.int64, request_offsets, "req_ts")
-    cand_item, cand_offsets = _list_column(table, "cand_item_id", np.int64)
-    cand_category = aligned("cand_category_id", np.int64, cand_offsets, "cand_item_id")
-    cand_label = aligned("cand_label", np.float32, cand_offsets, "cand_item_id")
+    timeline_item, timeline_offsets = _list_column(table, "timeline_item_id", np.int64)
+    timeline_category = aligned(
+        "timeline_category_id", np.int64, timeline_offsets, "timeline_item_id"
+    )
+    timeline_behavior = aligned("timeline_behavior", np.int64, timeline_offsets, "timeline_item_id")
+    timeline_ts = aligned("timeline_ts", np.int64, timeline_offsets, "timeline_item_id")
+    timeline_watch_time = aligned(
+        "timeline_watch_time", np.float64, timeline_offsets, "timeline_item_id"
+    )
+    request_ts, request_offsets = _list_column(table, "request_ts", np.int64)
+    history_end = aligned("request_history_end", np.int64, request_offsets, "request_ts")
+    candidate_count = aligned("request_num_candidates", np.int64, request_offsets, "request_ts")
+    candidate_item, candidate_offsets = _list_column(table, "candidate_item_id", np.int64)
+    candidate_category = aligned(
+        "candidate_category_id", np.int64, candidate_offsets, "candidate_item_id"
+    )
+    candidate_label = aligned("candidate_label", np.float32, candidate_offsets, "candidate_item_id")
     dense_values, dense_offsets = _list_column(table, "profile_dense", np.float32)
     top_category, top_offsets = _list_column(table, "profile_top_category", np.int64)
     demographic_values, demographic_offsets = _list_column(table, "profile_demographic", np.int64)
@@ -161,14 +150,17 @@ def request_block(table: pa.Table, spec: FeatureSpec) -> RequestBlock:
     requests_per_row = np.diff(request_offsets)
     request_row = np.repeat(np.arange(num_rows), requests_per_row)  # [Q]
     summed = np.bincount(request_row, weights=candidate_count, minlength=num_rows)
-    check(summed == np.diff(cand_offsets), "req_num_candidates does not sum to len(cand_item_id)")
+    check(
+        summed == np.diff(candidate_offsets),
+        "request_num_candidates does not sum to len(candidate_item_id)",
+    )
     timeline_length = np.diff(timeline_offsets)[request_row]  # [Q]
-    bad = np.flatnonzero((history_end_in_row < 0) | (history_end_in_row > timeline_length))
+    bad = np.flatnonzero((history_end < 0) | (history_end > timeline_length))
     if bad.size:
         request = int(bad[0])
         raise SampleDataError(
-            f"samples row of user {int(user_ids[request_row[request]])}: req_history_end "
-            f"{int(history_end_in_row[request])} outside the timeline of length "
+            f"samples row of user {int(user_ids[request_row[request]])}: request_history_end "
+            f"{int(history_end[request])} outside the timeline of length "
             f"{int(timeline_length[request])}"
         )
     row_start = timeline_offsets[:-1][request_row]
@@ -187,14 +179,14 @@ def request_block(table: pa.Table, spec: FeatureSpec) -> RequestBlock:
         timeline_behavior=timeline_behavior,
         timeline_ts=timeline_ts,
         timeline_watch_time=timeline_watch_time,
-        cand_item=cand_item,
-        cand_category=cand_category,
-        cand_label=cand_label,
+        candidate_item=candidate_item,
+        candidate_category=candidate_category,
+        candidate_label=candidate_label,
         request_row=request_row,
         request_ts=request_ts,
-        history_begin=row_start + np.maximum(history_end_in_row - spec.max_len, 0),
-        history_end=row_start + history_end_in_row,
-        candidate_begin=cand_offsets[:-1][request_row] + within_row,
+        history_begin=row_start + np.maximum(history_end - spec.max_len, 0),
+        history_end=row_start + history_end,
+        candidate_begin=candidate_offsets[:-1][request_row] + within_row,
         candidate_count=candidate_count,
     )
 
@@ -235,16 +227,16 @@ class BatchBuilder:
         top = ranges(block.top_offsets[:-1][rows], top_lengths)
 
         features: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            Keys.CAND_ITEM: (block.cand_item[candidates], counts),
-            Keys.CAND_CATEGORY: (block.cand_category[candidates], counts),
-            Keys.HIST_ITEM: (block.timeline_item[history], history_lengths),
-            Keys.HIST_CATEGORY: (block.timeline_category[history], history_lengths),
-            Keys.HIST_BEHAVIOR: (block.timeline_behavior[history], history_lengths),
-            Keys.HIST_TIME_GAP: (
+            Keys.CANDIDATE_ITEM: (block.candidate_item[candidates], counts),
+            Keys.CANDIDATE_CATEGORY: (block.candidate_category[candidates], counts),
+            Keys.HISTORY_ITEM: (block.timeline_item[history], history_lengths),
+            Keys.HISTORY_CATEGORY: (block.timeline_category[history], history_lengths),
+            Keys.HISTORY_BEHAVIOR: (block.timeline_behavior[history], history_lengths),
+            Keys.HISTORY_TIME_GAP: (
                 log2_bucket(request_ts - block.timeline_ts[history], self.spec.time_gap_buckets),
                 history_lengths,
             ),
-            Keys.HIST_WATCH_TIME: (
+            Keys.HISTORY_WATCH_TIME: (
                 log2_bucket(block.timeline_watch_time[history], self.spec.watch_time_buckets),
                 history_lengths,
             ),
@@ -272,9 +264,10 @@ class BatchBuilder:
             dense_features=torch.from_numpy(
                 np.ascontiguousarray(block.profile_dense[rows], dtype=np.float32)
             ).reshape(num_requests, len(self.spec.dense_features)),
-            labels=torch.from_numpy(block.cand_label[candidates].astype(np.float32)),
+            labels=torch.from_numpy(block.candidate_label[candidates].astype(np.float32)),
             request_index=torch.from_numpy(np.repeat(np.arange(num_requests), counts)),
             user_ids=torch.from_numpy(np.repeat(block.user_ids[rows], counts)),
+            weights=mean_weights(int(counts.sum())),
         )
 
     def filler(self) -> Batch:
@@ -288,31 +281,21 @@ class BatchBuilder:
         row = {
             "user_id": [0],
             "split": ["filler"],
-            "hist_item_id": [[]],
-            "hist_category_id": [[]],
-            "hist_behavior": [[]],
-            "hist_ts": [[]],
-            "hist_watch_time": [[]],
-            "req_ts": [[1]],
-            "req_history_end": [[0]],
-            "req_num_candidates": [[1]],
-            "cand_item_id": [[0]],
-            "cand_category_id": [[0]],
-            "cand_label": [[0]],
+            "timeline_item_id": [[]],
+            "timeline_category_id": [[]],
+            "timeline_behavior": [[]],
+            "timeline_ts": [[]],
+            "timeline_watch_time": [[]],
+            "request_ts": [[1]],
+            "request_history_end": [[0]],
+            "request_num_candidates": [[1]],
+            "candidate_item_id": [[0]],
+            "candidate_category_id": [[0]],
+            "candidate_label": [[0]],
             "profile_dense": [[0.0] * num_dense],
             "profile_top_category": [[]],
             "profile_demographic": [[0] * num_demographics],
         }
-        types = {
-            "user_id": pa.int64(),
-            "split": pa.string(),
-            "hist_watch_time": pa.list_(pa.float32()),
-            "profile_dense": pa.list_(pa.float32()),
-        }
-        table = pa.table(
-            {
-                name: pa.array(value, type=types.get(name, pa.list_(pa.int64())))
-                for name, value in row.items()
-            }
-        )
+        schema = samples.arrow_schema()
+        table = pa.table(row, schema=pa.schema([schema.field(name) for name in row]))
         return self.build(request_block(table, self.spec), np.array([0]))

@@ -34,18 +34,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from etl.feature_spec import FeatureSpec, join
+from contract.feature_spec import FeatureSpec, join
+from contract.samples import STREAMED
 from model.batch import Batch
-from trainer.batching import SAMPLE_COLUMNS, BatchBuilder, SampleDataError, request_block
+from trainer.batching import BatchBuilder, SampleDataError, request_block
 
 
 @dataclass(frozen=True)
 class DataFile:
-    """One Parquet file of the Delta table: its URI, row count and `date` partition."""
+    """One Parquet file of the Delta table: its URI, its path as the Delta log names it (relative
+    to the table), row count and `date` partition."""
 
     uri: str
     rows: int
     date: str
+    relative: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,9 @@ class SamplesTable:
             uri = _absolute_uri(path, unquote(relative_path))
             if rows is None:  # no statistics in the log: read the Parquet footer
                 rows = _parquet_file(uri).metadata.num_rows
-            file = DataFile(uri=uri, rows=int(rows), date=date or "")
+            file = DataFile(
+                uri=uri, rows=int(rows), date=date or "", relative=unquote(relative_path)
+            )
             # File names are random (Spark and delta-rs put a UUID in them): order by content
             # (date, user range, rows) so that rebuilding the same data trains the same model.
             users = tuple(-1 if user is None else user for user in (first_user, last_user))
@@ -182,18 +187,32 @@ def rank_share(
     return pieces
 
 
+def sample_weights(
+    files: list[DataFile], split: str, file_samples: dict[str, dict[str, int]]
+) -> list[np.ndarray]:
+    """Per-row weights [rows] per file for `rank_share`: the file's samples of `split` spread
+    evenly over its rows when the ETL recorded them (`FeatureSpec.file_samples`), else the exact
+    per-row counts read from the file (`sample_counts`). Shares then hold about equal samples, so
+    ranks need few filler steps to finish an epoch together."""
+    weights = []
+    for file in files:
+        recorded = file_samples.get(file.relative)
+        if recorded is None:
+            weights.extend(sample_counts([file], split))
+        else:
+            weights.append(np.full(file.rows, recorded.get(split, 0) / max(file.rows, 1)))
+    return weights
+
+
 def sample_counts(files: list[DataFile], split: str | None = None) -> list[np.ndarray]:
     """Samples (candidates) per row of each file, 0 for rows of other splits. [rows] per file.
 
-    Reads only the small `req_num_candidates` and `split` columns, so balancing shares by samples
-    instead of rows costs a fraction of one pass over the data. Rows (user-days) differ a lot in
-    samples: balancing rows alone left 3% of the samples on one rank of 2 in the ETL's small
-    dataset, which the other rank then had to drop to keep step counts equal.
+    Reads only the small `request_num_candidates` and `split` columns: a fraction of one pass.
     """
     counts = []
     for file in files:
-        table = _parquet_file(file.uri).read(columns=["req_num_candidates", "split"])
-        column = table.column("req_num_candidates").combine_chunks()
+        table = _parquet_file(file.uri).read(columns=["request_num_candidates", "split"])
+        column = table.column("request_num_candidates").combine_chunks()
         offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
         values = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
         cumulative = np.concatenate([[0], np.cumsum(values[offsets[0] : offsets[-1]])])
@@ -216,7 +235,7 @@ def read_pieces(
     """Stream the pieces as tables of at most `read_rows` rows, keeping rows of `split`."""
     for piece in pieces:
         parquet = _parquet_file(piece.file.uri)
-        missing = [name for name in SAMPLE_COLUMNS if name not in parquet.schema_arrow.names]
+        missing = [name for name in STREAMED if name not in parquet.schema_arrow.names]
         if missing:
             raise SampleDataError(f"{piece.file.uri}: missing columns {missing} (docs/data.md)")
         # Only the row groups overlapping [begin, end) are read.
@@ -227,7 +246,7 @@ def read_pieces(
             if group_end > piece.begin and group_start < piece.end:
                 position = group_start
                 for record_batch in parquet.iter_batches(
-                    batch_size=read_rows, row_groups=[group], columns=list(SAMPLE_COLUMNS)
+                    batch_size=read_rows, row_groups=[group], columns=list(STREAMED)
                 ):
                     low = max(piece.begin - position, 0)
                     high = min(piece.end - position, record_batch.num_rows)

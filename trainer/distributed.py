@@ -110,60 +110,6 @@ def shutdown_process_group(*, succeeded: bool) -> None:
     gc.collect()
 
 
-class _LookupResult(nn.Module):
-    """Stands in for the model's EmbeddingCollection: returns the lookup `LookupFirst` made."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.result: dict | None = None
-
-    def forward(self, features):  # noqa: ARG002 - same signature as the collection it replaces
-        result, self.result = self.result, None
-        return result
-
-
-class LookupFirst(nn.Module):
-    """Calls the model's one EmbeddingCollection on `batch.sparse_features` first, then the model.
-
-    Why: TrainPipelineSparseDist finds the sharded collection's input by FX-tracing the forward
-    from the root down to it, and the models' embedding arch has data-dependent control flow on
-    that path (padding to the longest history). Lifting the lookup to the top makes the path
-    trivially traceable (the rest of the model is one leaf call), and the numbers are unchanged:
-    the model receives exactly the lookup it would have made. Used in both loop modes so the
-    checkpoint keys do not depend on the `train.pipeline` switch.
-
-    Args:
-        train_module: CTRTrain(model) whose model holds exactly one EmbeddingCollection.
-    """
-
-    def __init__(self, train_module: nn.Module) -> None:
-        super().__init__()
-        owners = [
-            (parent, name)
-            for parent in train_module.modules()
-            for name, child in parent.named_children()
-            if isinstance(child, EmbeddingCollection)
-        ]
-        if len(owners) != 1:
-            raise ValueError(f"expected one EmbeddingCollection in the model, found {len(owners)}")
-        parent, name = owners[0]
-        self.embedding_collection = getattr(parent, name)
-        self.lookup_result = _LookupResult()
-        setattr(parent, name, self.lookup_result)
-        self.train_module = train_module
-
-        # TrainPipelineSparseDist.progress returns only the second output: with this switch the
-        # forward returns (loss, (loss, logits)) so the loop can still log the loss.
-        self.loss_in_output = False
-
-    def forward(self, batch):
-        self.lookup_result.result = self.embedding_collection(batch.sparse_features)
-        loss, logits = self.train_module(batch)
-        if self.loss_in_output:
-            return loss, (loss.detach(), logits)
-        return loss, logits
-
-
 def embedding_configs(module: nn.Module) -> list[EmbeddingConfig]:
     """Every table of every EmbeddingCollection in `module`."""
     return [
@@ -240,15 +186,6 @@ def dense_optimizer(model: DistributedModelParallel, learning_rate: float) -> Co
     for parameter in dense.params.values():
         parameter.grad = None
     return CombinedOptimizer([model.fused_optimizer, dense])
-
-
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
-    """True when `flag` holds on every rank (a MIN all-reduce; one int per call)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
 
 
 def any_rank_true(flag: bool, device: torch.device) -> bool:

@@ -1,10 +1,17 @@
 """The training loop and the evaluation pass.
 
 Every rank must run exactly the same number of steps: DMP's all-to-alls and DDP's all-reduces are
-collectives, and one rank with one batch fewer kills gloo ("Connection reset by peer").
-`SynchronizedBatches` therefore asks all ranks before each step whether they still have a batch
-(one tiny all-reduce) and stops everyone at the first rank that runs out; evaluation instead
-feeds exhausted ranks a filler batch until every rank is done, so no test sample is dropped.
+collectives, and one rank with one batch fewer kills gloo ("Connection reset by peer"). Ranks'
+shares hold about, not exactly, the same samples, so one rank may run out of data a step or two
+before another. Nothing is dropped for that:
+
+- training: `SynchronizedBatches` all-reduces (has a batch, samples) before each step; the epoch
+  goes on while any rank has data, and a rank that ran out trains on a filler batch whose loss
+  weight is 0. Every real sample of the step gets weight W/N (W ranks, N samples in the step over
+  all ranks), so after DDP averages the ranks' gradients the step's gradient is the exact mean over
+  its N samples (model/train_wrapper.py) — one epoch trains on every sample of the split once;
+- evaluation: exhausted ranks feed the filler until every rank is done; its predictions are
+  discarded, so no test sample is dropped either.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.batch import Batch
-from trainer.distributed import ProcessGroup, all_ranks_true, all_reduce_sum, any_rank_true
+from trainer.distributed import ProcessGroup, all_reduce_sum, any_rank_true
 from trainer.metrics import Metrics, compute_metrics, gather_predictions
 
 logger = logging.getLogger(__name__)
@@ -41,20 +48,24 @@ class TrainState:
 
 
 class SynchronizedBatches:
-    """Yields this rank's batches while *every* rank has one and fewer than `limit` were taken.
+    """Yields this rank's batches, weighted for the step, while *any* rank still has one and fewer
+    than `limit` steps were taken; a rank out of data yields `filler` with weight 0.
 
-    limit: stop after this many batches (0: no limit). The same object serves the plain loop and
+    limit: stop after this many steps (0: no limit). The same object serves the plain loop and
     TrainPipelineSparseDist, which pulls batches ahead: both call next() the same number of times
     on every rank, so the all-reduces line up.
     """
 
-    def __init__(self, batches: Iterator[Batch], group: ProcessGroup, limit: int = 0) -> None:
+    def __init__(
+        self, batches: Iterator[Batch], group: ProcessGroup, filler: Batch, limit: int = 0
+    ) -> None:
         self.batches = batches
         self.group = group
+        self.filler = filler.with_weights(torch.zeros_like(filler.weights))
         self.limit = limit
         self.taken = 0
         self.done = False
-        # Sample counts of batches handed out and not yet trained on, oldest first: the pipeline
+        # Real samples of batches handed out and not yet trained on, oldest first: the pipeline
         # pulls ahead, and the loop credits each step with the batch it actually consumed.
         self.pending_samples: collections.deque[int] = collections.deque()
 
@@ -66,12 +77,19 @@ class SynchronizedBatches:
             self.done = True
             raise StopIteration
         batch = next(self.batches, None)
-        if not all_ranks_true(batch is not None, self.group.device):
+        local = batch.num_samples if batch is not None else 0
+        ranks_with_data, step_samples = all_reduce_sum(
+            [float(batch is not None), float(local)], self.group.device
+        )
+        if ranks_with_data == 0:
             self.done = True
             raise StopIteration
         self.taken += 1
-        self.pending_samples.append(batch.num_samples)
-        return batch
+        self.pending_samples.append(local)
+        if batch is None:
+            return self.filler
+        weight = self.group.world_size / step_samples
+        return batch.with_weights(torch.full_like(batch.weights, weight))
 
 
 class ProgressLog:
@@ -137,7 +155,7 @@ def train_steps(
     while True:
         if pipeline is not None:
             try:
-                loss, _ = pipeline.progress(batches)  # LookupFirst.loss_in_output
+                loss, _, _ = pipeline.progress(batches)  # CTRTrain's detached outputs
             except StopIteration:
                 break
         else:
@@ -172,7 +190,7 @@ def evaluate(
 ) -> Evaluation:
     """Score the test split on every rank, gather all predictions, compute exact metrics.
 
-    model: returns (loss, logits [B]) for a Batch (CTRTrain inside DMP).
+    model: returns (loss, (loss, logits [B], labels [B])) for a Batch (CTRTrain inside DMP).
     filler: a tiny batch run by ranks that are out of data while others still have some.
     """
     model.eval()
@@ -184,7 +202,9 @@ def evaluate(
         if not any_rank_true(batch is not None, group.device):
             break
         real = batch is not None
-        _, batch_logits = model((batch if real else filler).to(group.device, non_blocking=True))
+        _, (_, batch_logits, _) = model(
+            (batch if real else filler).to(group.device, non_blocking=True)
+        )
         if real:
             labels.append(batch.labels)
             logits.append(batch_logits.detach().float().cpu())

@@ -22,6 +22,7 @@ if __package__ in (
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -34,20 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.registry import build_model, resolve_config
-from model.tables import TableLayout
+from model.tables import embedding_collection, table_layout
 from model.train_wrapper import CTRTrain
 from trainer import checkpoint
 from trainer.batching import BatchBuilder
 from trainer.config import Config, ConfigError, load_config
-from trainer.data import Prefetcher, SamplesTable, SampleStream, rank_share, sample_counts
+from trainer.data import Prefetcher, SamplesTable, SampleStream, rank_share, sample_weights
 from trainer.distributed import (
-    LookupFirst,
     ProcessGroup,
     dense_optimizer,
     distribute,
-    embedding_configs,
     init_process_group,
     shutdown_process_group,
 )
@@ -81,15 +80,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def layout_of(module: torch.nn.Module) -> TableLayout:
-    """The model's actual tables (rows per table, features per table): ids are folded to these."""
-    tables = embedding_configs(module)
-    return TableLayout(
-        rows={table.name: table.num_embeddings for table in tables},
-        features={table.name: tuple(table.feature_names) for table in tables},
-    )
-
-
 def _fault_injection(group: ProcessGroup, step: int) -> None:
     """Test hook: CAIN_FAULT_KILL_RANK=r CAIN_FAULT_KILL_AT_STEP=s makes rank r SIGKILL itself
     after step s, exactly like `kill -9` (no cleanup, no final checkpoint)."""
@@ -112,19 +102,18 @@ def train(config: Config) -> dict[str, Any]:
 
     # Data contract and model.
     spec = FeatureSpec.read(config.data.root)
-    module = LookupFirst(
-        CTRTrain(
-            build_model(
-                config.model.name, spec, config.model.options, embedding_device=torch.device("meta")
-            )
-        )
-    )
-    builder = BatchBuilder(spec, layout_of(module))
+    model_config = resolve_config(config.model.name, config.model.options)
+    layout = table_layout(spec, model_config.max_table_rows)
+    # The sparse arch on the meta device: DMP materialises only this rank's shards.
+    sparse_arch = embedding_collection(layout, model_config.embedding_dim, torch.device("meta"))
+    module = CTRTrain(build_model(config.model.name, spec, model_config, sparse_arch=sparse_arch))
+    builder = BatchBuilder(spec, layout)
     samples = SamplesTable.open(config.data.root, spec, config.data.version)
 
     def share(split: str) -> list:
         files = samples.files(split)
-        return rank_share(files, group.rank, group.world_size, sample_counts(files, split))
+        weights = sample_weights(files, split, spec.file_samples)
+        return rank_share(files, group.rank, group.world_size, weights)
 
     streams = {
         split: SampleStream(
@@ -243,17 +232,15 @@ def train(config: Config) -> dict[str, Any]:
             streams[config.data.train_split].batches(state.epoch, skip=state.batches_in_epoch),
             config.data.prefetch_batches,
         )
-        batches = SynchronizedBatches(prefetcher, group, limit=remaining)
+        batches = SynchronizedBatches(prefetcher, group, builder.filler(), limit=remaining)
         pipeline = None
         if config.train.pipeline:  # one per epoch: it remembers that its data ran out
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-            module.loss_in_output = True
             pipeline = TrainPipelineSparseDist(model, optimizer, group.device)
         train_steps(model, optimizer, batches, state, group, progress, on_step, pipeline)
         if pipeline is not None:  # restore the sharded module's own forward for evaluation
             pipeline.detach()
-            module.loss_in_output = False
         prefetcher.close()
         if config.train.max_steps and state.step >= config.train.max_steps:
             break
@@ -324,7 +311,12 @@ def parse_arguments(argv: list[str] | None = None) -> Config:
     parser.add_argument("--data", help="ETL output root (feature_spec.json + Delta tables)")
     parser.add_argument("--model", help="registered model name (cain, lap, twin, ...)")
     parser.add_argument("--output", help="run directory (default runs/<model>)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML preset (conf/train/)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="YAML preset (conf/train/, conf/model/); repeat to compose, later files win "
+        f"(default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=20")
     arguments = parser.parse_args(argv)
     flags = []
@@ -334,15 +326,13 @@ def parse_arguments(argv: list[str] | None = None) -> Config:
         flags.append(f"model.name={arguments.model}")
     if arguments.output:
         flags.append(f"output={arguments.output}")
-    config = load_config(arguments.config, [*flags, *arguments.overrides])
+    config = load_config(arguments.config or [DEFAULT_CONFIG], [*flags, *arguments.overrides])
     if not config.data.root:
         raise ConfigError("data.root: required (--data ROOT)")
     if not config.output:
-        config.output = str(Path("runs") / config.model.name)
-    try:  # the model's own dataclass checks model.* now, before any process starts work
-        resolve_config(config.model.name, config.model.options)
-    except ValueError as error:
-        raise ConfigError(f"model: {error}") from error
+        config = dataclasses.replace(config, output=str(Path("runs") / config.model.name))
+    # The model's own dataclass checks model.* now, before any process starts work.
+    resolve_config(config.model.name, config.model.options)
     return config
 
 

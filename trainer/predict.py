@@ -31,15 +31,14 @@ import torch
 import torch.distributed.checkpoint as dcp
 from tqdm import tqdm
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.batch import Batch
-from model.registry import build_model
+from model.registry import build_model, resolve_config
+from model.tables import table_layout
 from model.train_wrapper import CTRTrain
 from trainer import checkpoint
-from trainer.batching import BatchBuilder, request_block
+from trainer.batching import BatchBuilder
 from trainer.data import SamplesTable, SampleStream, rank_share
-from trainer.distributed import LookupFirst
-from trainer.main import layout_of
 
 logger = logging.getLogger("trainer.predict")
 
@@ -49,13 +48,13 @@ class Scorer:
     """A model in eval mode plus the batch builder matching its tables.
 
     Args:
-        module: LookupFirst(CTRTrain(model)), the same module tree the trainer checkpoints.
+        module: CTRTrain(model), the same module tree the trainer checkpoints.
         builder: samples rows -> Batch with this model's row mapping.
         model_name: registry name.
         device: where scoring runs.
     """
 
-    module: LookupFirst
+    module: CTRTrain
     builder: BatchBuilder
     model_name: str
     device: torch.device
@@ -70,11 +69,14 @@ class Scorer:
     ) -> Scorer:
         """An untrained model (seeded) for latency measurements."""
         torch.manual_seed(seed)
-        model = build_model(model_name, spec, options or {}, embedding_device=torch.device(device))
-        module = LookupFirst(CTRTrain(model))
-        layout = layout_of(module)
+        config = resolve_config(model_name, options)
+        model = build_model(model_name, spec, config, device=torch.device(device))
+        layout = table_layout(spec, config.max_table_rows)
         return Scorer(
-            module.to(device).eval(), BatchBuilder(spec, layout), model_name, torch.device(device)
+            CTRTrain(model).to(device).eval(),
+            BatchBuilder(spec, layout),
+            model_name,
+            torch.device(device),
         )
 
     @staticmethod
@@ -88,10 +90,10 @@ class Scorer:
         spec = FeatureSpec.from_dict(
             state["feature_spec"], origin=str(directory / checkpoint.STATE_FILE)
         )
-        options = state["config"]["model"].get("options", {})
-        model = build_model(state["model"], spec, options, embedding_device=torch.device("cpu"))
-        module = LookupFirst(CTRTrain(model))
-        builder = BatchBuilder(spec, layout_of(module))
+        options = {k: v for k, v in state["config"]["model"].items() if k != "name"}
+        config = resolve_config(state["model"], options)
+        module = CTRTrain(build_model(state["model"], spec, config, device=torch.device("cpu")))
+        builder = BatchBuilder(spec, table_layout(spec, config.max_table_rows))
         # Only the weights: DCP reads every shard the keys need and fills the full local tensors.
         content = {"model": module.state_dict()}
         try:
@@ -111,18 +113,12 @@ class Scorer:
     @torch.inference_mode()
     def logits(self, batch: Batch) -> torch.Tensor:
         """Logits [B] for a Batch."""
-        _, logits = self.module(batch.to(self.device))
+        _, (_, logits, _) = self.module(batch.to(self.device))
         return logits.float()
 
     def score(self, batch: Batch) -> torch.Tensor:
         """Click probabilities [B] for a Batch."""
         return torch.sigmoid(self.logits(batch))
-
-    def score_rows(self, rows: pa.Table) -> np.ndarray:
-        """Probabilities of every candidate of every request in `rows` (samples-table rows), in
-        the rows' candidate order. [total candidates]."""
-        block = request_block(rows, self.builder.spec)
-        return self.score(self.builder.build(block, np.arange(block.num_requests))).cpu().numpy()
 
 
 def score_split(scorer: Scorer, root: str, split: str, batch_size: int) -> pa.Table:

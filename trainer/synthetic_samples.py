@@ -3,7 +3,7 @@
     python -m trainer.synthetic_samples --output /tmp/tiny --users 64 --days 4
 
 writes `/tmp/tiny/samples` (Delta, partitioned by date, deletion vectors off) and
-`/tmp/tiny/feature_spec.json` following docs/data.md: one row per user-day with the timeline
+`/tmp/tiny/feature_spec.json` following contract/samples.py: one row per user-day with the timeline
 (the last `max_len` events before the day, then the day's events), one request per positive event
 of the day with its history end and sampled negatives, and profile columns. Users prefer a few
 categories, so positives are learnable (AUC well above 0.5 after a few hundred steps). The last
@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from etl.feature_spec import FeatureSpec, SplitStats
+from contract import samples
+from contract.feature_spec import FeatureSpec, SplitStats
 
 DAY_SECONDS = 86_400
 FIRST_DAY = 1_511_539_200  # 2017-11-25 00:00 UTC
@@ -43,7 +44,7 @@ def synthetic_samples(
     generator = np.random.default_rng(seed)
     demographics = dict(demographics or {})
     item_category = generator.integers(0, categories, size=items + 1)
-    rows: dict[str, list] = {name: [] for name in _SCHEMA.names}
+    rows: dict[str, list] = {name: [] for name in samples.NAMES}
     split_counts = {"train": [0, 0, 0], "test": [0, 0, 0]}  # requests, samples, positives
     dates = [
         f"2017-11-{25 + day:02d}" if 25 + day <= 30 else f"2017-12-{day - 5:02d}"
@@ -80,15 +81,15 @@ def synthetic_samples(
                 generator.choice(np.arange(1, events_per_day), size=requests_per_day, replace=False)
             )
             request_ts, history_end, num_candidates = [], [], []
-            cand_item, cand_category, cand_label = [], [], []
+            candidate_item, candidate_category, candidate_label = [], [], []
             for position in positions:
                 ts, item, category, _, _ = day_events[position]
                 request_ts.append(ts)
                 history_end.append(sum(1 for event in day_timeline if event[0] < ts))
                 sampled = generator.integers(1, items + 1, size=negatives)
-                cand_item.extend([item, *sampled.tolist()])
-                cand_category.extend([category, *item_category[sampled].tolist()])
-                cand_label.extend([1] + [0] * negatives)
+                candidate_item.extend([item, *sampled.tolist()])
+                candidate_category.extend([category, *item_category[sampled].tolist()])
+                candidate_label.extend([1] + [0] * negatives)
                 num_candidates.append(1 + negatives)
             counts = split_counts[split]
             counts[0] += len(positions)
@@ -103,24 +104,24 @@ def synthetic_samples(
             rows["user_id"].append(user)
             rows["date"].append(date)
             rows["split"].append(split)
-            rows["hist_item_id"].append([event[1] for event in day_timeline])
-            rows["hist_category_id"].append([event[2] for event in day_timeline])
-            rows["hist_behavior"].append([event[3] for event in day_timeline])
-            rows["hist_ts"].append([event[0] for event in day_timeline])
-            rows["hist_watch_time"].append([event[4] for event in day_timeline])
-            rows["req_ts"].append(request_ts)
-            rows["req_history_end"].append(history_end)
-            rows["req_num_candidates"].append(num_candidates)
-            rows["cand_item_id"].append(cand_item)
-            rows["cand_category_id"].append(cand_category)
-            rows["cand_label"].append(cand_label)
+            rows["timeline_item_id"].append([event[1] for event in day_timeline])
+            rows["timeline_category_id"].append([event[2] for event in day_timeline])
+            rows["timeline_behavior"].append([event[3] for event in day_timeline])
+            rows["timeline_ts"].append([event[0] for event in day_timeline])
+            rows["timeline_watch_time"].append([event[4] for event in day_timeline])
+            rows["request_ts"].append(request_ts)
+            rows["request_history_end"].append(history_end)
+            rows["request_num_candidates"].append(num_candidates)
+            rows["candidate_item_id"].append(candidate_item)
+            rows["candidate_category_id"].append(candidate_category)
+            rows["candidate_label"].append(candidate_label)
             rows["profile_dense"].append(
                 [float(np.log1p(len(timeline))), float(np.log1p(day)), float(generator.random())]
             )
             rows["profile_top_category"].append([int(category) for category in top])
             rows["profile_demographic"].append(profile_codes)
             timeline.extend(day_events)
-    table = pa.table(rows, schema=_SCHEMA)
+    table = pa.table(rows, schema=samples.arrow_schema())
     spec = FeatureSpec(
         source="feed" if demographics else "taobao",
         protocol="synthetic",
@@ -147,29 +148,6 @@ def synthetic_samples(
         tables={"samples": "samples"},
     )
     return table, spec
-
-
-_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.int64()),
-        ("date", pa.string()),
-        ("split", pa.string()),
-        ("hist_item_id", pa.list_(pa.int64())),
-        ("hist_category_id", pa.list_(pa.int64())),
-        ("hist_behavior", pa.list_(pa.int32())),
-        ("hist_ts", pa.list_(pa.int64())),
-        ("hist_watch_time", pa.list_(pa.float32())),
-        ("req_ts", pa.list_(pa.int64())),
-        ("req_history_end", pa.list_(pa.int32())),
-        ("req_num_candidates", pa.list_(pa.int32())),
-        ("cand_item_id", pa.list_(pa.int64())),
-        ("cand_category_id", pa.list_(pa.int64())),
-        ("cand_label", pa.list_(pa.int32())),
-        ("profile_dense", pa.list_(pa.float32())),
-        ("profile_top_category", pa.list_(pa.int64())),
-        ("profile_demographic", pa.list_(pa.int32())),
-    ]
-)
 
 
 def write_synthetic_samples(

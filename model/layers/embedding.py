@@ -1,8 +1,5 @@
-"""Embedding arch: one TorchRec `EmbeddingCollection` lookup per batch, then dense layouts.
-
-Every model owns exactly one `EmbeddingCollection` and calls it once per forward on
-`batch.sparse_features`, so `DistributedModelParallel` can shard all tables in one place. The
-rest of this module only reshapes the looked-up vectors:
+"""Embedding layout: the sparse arch's lookups (one TorchRec `EmbeddingCollection` call per batch,
+`LifelongCTRModel.sparse_arch`) as dense tensors the rest of a model works on:
 
 - candidate = item ⊕ category                                   [B, 2D]  (the "candidate space")
 - history item = item ⊕ category, right-padded with zeros       [R, L, 2D], mask [R, L]
@@ -15,7 +12,9 @@ compare them with the candidate directly. Side features are summed rather than c
 the value width does not grow with the number of side features (unpublished detail; the papers
 only say side information is attached to each behavior).
 
-Padding: histories are right-padded with exact zeros. A zero vector past the end of the sequence
+Padding: histories are right-padded with exact zeros, by plain torch index operations (`padded`),
+not fbgemm's jagged kernels: the dense model then runs on any device with any fbgemm build (the
+CPU build of fbgemm has no CUDA kernels). A zero vector past the end of the sequence
 is what the paper's zero-padding of the TCN means, so the padded layout needs no special casing in
 the convolution; every later stage masks padded positions with the mask.
 
@@ -29,12 +28,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingCollection
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.batch import Keys
-from model.tables import table_layout
 
 
 @dataclass
@@ -74,28 +71,28 @@ def _pool_mean(jagged: JaggedTensor, num_rows: int) -> torch.Tensor:
     return total / lengths.clamp(min=1).to(values.dtype)[:, None]
 
 
-class EmbeddingArch(nn.Module):
+def padded(values: torch.Tensor, lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """Jagged rows [N, D] (row r has lengths[r] vectors) -> right-padded [R, length, D], zeros
+    past each row's end (rows longer than `length` are cut). Plain torch ops (no fbgemm kernel),
+    differentiable in `values`, so it runs on any device and fbgemm build."""
+    num_rows = lengths.shape[0]
+    rows = torch.repeat_interleave(torch.arange(num_rows, device=values.device), lengths)  # [N]
+    starts = torch.cumsum(lengths, 0) - lengths  # [R]
+    positions = torch.arange(values.shape[0], device=values.device) - starts[rows]  # [N]
+    keep = positions < length
+    output = values.new_zeros((num_rows, length, values.shape[-1]))
+    return output.index_put((rows[keep], positions[keep]), values[keep])
+
+
+class EmbeddingLayout(nn.Module):
     """Args:
-    spec: the feature spec (table sizes, demographics, short_len).
+    spec: the feature spec (demographics, dense features, short_len).
     embedding_dim: D, shared by all tables (TorchRec's sequence collection requires one dim).
-    max_table_rows: cap on rows per table (`model.tables.table_layout`).
-    device: where the tables are created; `torch.device("meta")` lets DMP materialise them sharded.
     use_side_features: build the side-feature view (off: those lookups are left unused).
     """
 
-    def __init__(
-        self,
-        spec: FeatureSpec,
-        embedding_dim: int,
-        max_table_rows: int,
-        device: torch.device | None = None,
-        use_side_features: bool = True,
-    ) -> None:
+    def __init__(self, spec: FeatureSpec, embedding_dim: int, use_side_features: bool = True):
         super().__init__()
-        layout = table_layout(spec, max_table_rows)
-        self.embedding_collection = EmbeddingCollection(
-            tables=layout.embedding_configs(embedding_dim), device=device
-        )
         self.embedding_dim = embedding_dim
         self.use_side_features = use_side_features
         self.short_len = spec.short_len
@@ -122,33 +119,38 @@ class EmbeddingArch(nn.Module):
             "dense": self.num_dense,
         }
 
-    def forward(self, features: KeyedJaggedTensor, dense: torch.Tensor) -> EmbeddedBatch:
-        looked_up = self.embedding_collection(features)  # one lookup for every table
+    def forward(self, looked_up: dict[str, JaggedTensor], dense: torch.Tensor) -> EmbeddedBatch:
+        """looked_up: the sparse arch's output, feature key -> JaggedTensor of [N, D] vectors."""
         num_requests = dense.shape[0]
 
         candidates = torch.cat(
-            [looked_up[Keys.CAND_ITEM].values(), looked_up[Keys.CAND_CATEGORY].values()], dim=-1
+            [
+                looked_up[Keys.CANDIDATE_ITEM].values(),
+                looked_up[Keys.CANDIDATE_CATEGORY].values(),
+            ],
+            dim=-1,
         )  # [B, 2D]
 
-        history_lengths = looked_up[Keys.HIST_ITEM].lengths()  # [R]
+        history_lengths = looked_up[Keys.HISTORY_ITEM].lengths()  # [R]
         longest = int(history_lengths.max().item()) if history_lengths.numel() else 0
         length = max(longest, 1) if self.pad_history_to is None else self.pad_history_to
-
-        def padded(values: torch.Tensor) -> torch.Tensor:
-            jagged = JaggedTensor(values=values, lengths=history_lengths)
-            return jagged.to_padded_dense(desired_length=length)  # [R, L, width]
 
         # Concatenated before padding: one padded copy instead of two plus a concatenation.
         history = padded(
             torch.cat(
-                [looked_up[Keys.HIST_ITEM].values(), looked_up[Keys.HIST_CATEGORY].values()], -1
-            )
+                [looked_up[Keys.HISTORY_ITEM].values(), looked_up[Keys.HISTORY_CATEGORY].values()],
+                -1,
+            ),
+            history_lengths,
+            length,
         )  # [R, L, 2D]
         history_side = (
             padded(
-                looked_up[Keys.HIST_BEHAVIOR].values()
-                + looked_up[Keys.HIST_TIME_GAP].values()
-                + looked_up[Keys.HIST_WATCH_TIME].values()
+                looked_up[Keys.HISTORY_BEHAVIOR].values()
+                + looked_up[Keys.HISTORY_TIME_GAP].values()
+                + looked_up[Keys.HISTORY_WATCH_TIME].values(),
+                history_lengths,
+                length,
             )
             if self.use_side_features
             else None

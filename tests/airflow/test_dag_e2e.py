@@ -88,7 +88,7 @@ def test_daily_dag_trains_publishes_and_warm_starts_for_real(airflow_python, raw
     def warm_start(run_dir: Path) -> str:
         return yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["warm_start"]
 
-    assert warm_start(first) == ""
+    assert warm_start(first) is None  # no warm start on the first run
     assert warm_start(second) == str(first.resolve() / "checkpoints")
     # score_published: run 1's model re-scored on run 2's test split (the same day here) by a real
     # evaluate-only torchrun gives run 1's own numbers back; the gate compared against those.

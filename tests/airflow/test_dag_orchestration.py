@@ -22,7 +22,7 @@ set -euo pipefail
 python - "$@" <<'PY'
 import argparse, json, sys
 from pathlib import Path
-from etl.feature_spec import FeatureSpec, SplitStats
+from contract.feature_spec import FeatureSpec, SplitStats
 job, *rest = sys.argv[1:]
 parser = argparse.ArgumentParser()
 for flag in ("--input", "--output"):

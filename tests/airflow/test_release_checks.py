@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow_dags import release
-from etl.feature_spec import FeatureSpec, SplitStats
+from contract.feature_spec import FeatureSpec, SplitStats
 
 
 def write_spec(

@@ -10,21 +10,18 @@ import math
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from contract import samples as contract_samples
+from contract.feature_spec import FeatureSpec, FeatureSpecError
 from etl import build_sequences
-from etl.feature_spec import FeatureSpec, FeatureSpecError
 
 pytestmark = pytest.mark.spark
-SAMPLE_COLUMNS = {
-    "user_id", "date", "split", "hist_item_id", "hist_category_id", "hist_behavior", "hist_ts",
-    "hist_watch_time", "req_ts", "req_history_end", "req_num_candidates", "cand_item_id",
-    "cand_category_id", "cand_label", "profile_dense", "profile_top_category",
-    "profile_demographic",
-}
 MAX_LEN = 30  # conftest.MAX_LEN
 DAYS = ("2017-11-25", "2017-11-26", "2017-11-27")  # conftest.DAYS
 
@@ -39,7 +36,10 @@ def canonical(root: Path, name: str) -> list[tuple]:
 
 def test_tables_follow_the_contract(full_build, raw_log):
     samples = DeltaTable(str(full_build / "samples"))
-    assert set(samples.schema().to_arrow().names) == SAMPLE_COLUMNS
+    written = pa.schema(samples.schema().to_arrow())
+    assert {f.name: f.type for f in written} == {
+        f.name: f.type for f in contract_samples.arrow_schema()
+    }
     assert samples.metadata().configuration.get("delta.enableDeletionVectors") == "false"
     events, quarantine = table(full_build, "events"), table(full_build, "quarantine")
     lines = raw_log.read_text().splitlines()
@@ -50,10 +50,16 @@ def test_tables_follow_the_contract(full_build, raw_log):
     # 1 positive per 20 candidates, fewer negatives only where the tiny catalog runs out.
     assert 0.05 <= spec.splits["train"].positive_rate < 0.07
     rows = table(full_build, "samples")
-    assert sum(len(r["req_ts"]) for r in rows) == spec.splits["train"].requests + spec.splits[
+    assert sum(len(r["request_ts"]) for r in rows) == spec.splits["train"].requests + spec.splits[
         "test"].requests
     profiles = table(full_build, "profiles")
     assert len(profiles) == len(rows)
+    # Per-file sample counts name exactly the table's files and add up to the split totals.
+    files = pa.table(samples.get_add_actions(flatten=True)).column("path").to_pylist()
+    assert set(spec.file_samples) == set(files)
+    for split in ("train", "test"):
+        recorded = sum(counts.get(split, 0) for counts in spec.file_samples.values())
+        assert recorded == spec.splits[split].samples
 
 
 def test_point_in_time(full_build):
@@ -71,8 +77,8 @@ def test_point_in_time(full_build):
         before = [e for e in mine if e["date"] < row["date"]]
         during = [e for e in mine if e["date"] == row["date"]]
         timeline = before[-MAX_LEN:] + during
-        assert row["hist_item_id"] == [e["item_id"] for e in timeline]
-        assert row["hist_ts"] == [e["ts"] for e in timeline]
+        assert row["timeline_item_id"] == [e["item_id"] for e in timeline]
+        assert row["timeline_ts"] == [e["ts"] for e in timeline]
         # Profile: only events before the day.
         counts = [sum(e["behavior"] == code for e in before) for code in (1, 2, 3, 4)]
         expected_dense = [math.log1p(c) for c in counts] + [
@@ -85,13 +91,14 @@ def test_point_in_time(full_build):
         top = sorted(category_counts, key=lambda c: (-category_counts[c], c))
         assert row["profile_top_category"] == top[: spec.top_categories]
         offset = 0
-        for ts, end, size in zip(row["req_ts"], row["req_history_end"],
-                                 row["req_num_candidates"], strict=True):
-            history = row["hist_ts"][max(0, end - MAX_LEN):end]
+        for ts, end, size in zip(row["request_ts"], row["request_history_end"],
+                                 row["request_num_candidates"], strict=True):
+            history = row["timeline_ts"][max(0, end - MAX_LEN):end]
             assert all(t < ts for t in history)  # strictly before the request
-            assert end == len(row["hist_ts"]) or row["hist_ts"][end] >= ts  # nothing left out
-            items = row["cand_item_id"][offset:offset + size]
-            labels = row["cand_label"][offset:offset + size]
+            # nothing left out
+            assert end == len(row["timeline_ts"]) or row["timeline_ts"][end] >= ts
+            items = row["candidate_item_id"][offset:offset + size]
+            labels = row["candidate_label"][offset:offset + size]
             assert labels == [1] + [0] * (size - 1) and 2 <= size <= 20
             full += size == 20
             target = [e for e in during if e["ts"] == ts and e["item_id"] == items[0]]
@@ -103,7 +110,7 @@ def test_point_in_time(full_build):
             assert len(set(items)) == size
             offset += size
             checked += 1
-        assert offset == len(row["cand_item_id"])
+        assert offset == len(row["candidate_item_id"])
     assert checked > 50
     assert full > checked / 2  # a 300-item catalog: some users have seen much of it
 
@@ -114,7 +121,7 @@ def test_every_pv_after_the_first_day_is_a_request(full_build):
     pvs = Counter(e["date"] for e in events if e["behavior"] == 1 and e["date"] > DAYS[0])
     requests = Counter()
     for row in table(full_build, "samples"):
-        requests[row["date"]] += len(row["req_ts"])
+        requests[row["date"]] += len(row["request_ts"])
     assert requests == pvs
 
 
@@ -126,7 +133,16 @@ def test_daily_runs_are_idempotent_and_add_up_to_the_full_build(
         build_sequences.run(args)
     for name in ("events", "quarantine", "samples", "profiles"):
         assert canonical(tmp_path, name) == canonical(full_build, name), name
-    assert FeatureSpec.read(tmp_path) == FeatureSpec.read(full_build)
+    daily, full = FeatureSpec.read(tmp_path), FeatureSpec.read(full_build)
+    # File names are random; the per-file sample counts must agree file for file in content.
+    assert sorted(map(sorted_items, daily.file_samples.values())) == sorted(
+        map(sorted_items, full.file_samples.values())
+    )
+    assert replace(daily, file_samples={}) == replace(full, file_samples={})
+
+
+def sorted_items(counts: dict[str, int]) -> list:
+    return sorted(counts.items())
 
 
 def test_missing_input_is_a_clear_error(tmp_path):

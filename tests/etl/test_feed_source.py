@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from contract.feature_spec import FeatureSpec
 from etl import build_sequences, synthetic
-from etl.feature_spec import FeatureSpec
 from tests.trainer.conftest import torchrun
 
 pytestmark = pytest.mark.spark
@@ -36,8 +36,25 @@ DEFECTS = {
 @pytest.fixture(scope="module")
 def feed_log(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("feed_log")
-    synthetic.main(["feed", "--output", str(directory), "--users", "12", "--items", "200",
-                    "--authors", "15", "--days", "3", "--mean-events", "40", "--seed", "7"])
+    synthetic.main(
+        [
+            "feed",
+            "--output",
+            str(directory),
+            "--users",
+            "12",
+            "--items",
+            "200",
+            "--authors",
+            "15",
+            "--days",
+            "3",
+            "--mean-events",
+            "40",
+            "--seed",
+            "7",
+        ]
+    )
     with (directory / "events.csv").open("a") as events:
         events.write("\n".join(DEFECTS) + "\n")
     # One user loses its profile row: it must get demographic code 0 everywhere.
@@ -49,11 +66,28 @@ def feed_log(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def feed_build(spark, feed_log, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("feed_delta")
-    build_sequences.run(build_sequences.parse_args([
-        "--source", "feed", "--input", str(feed_log), "--output", str(root),
-        "--start-date", DAYS[0], "--end-date", DAYS[-1], "--max-len", str(MAX_LEN),
-        "--short-len", "10", "--files-per-day", "1",
-    ]))
+    build_sequences.run(
+        build_sequences.parse_args(
+            [
+                "--source",
+                "feed",
+                "--input",
+                str(feed_log),
+                "--output",
+                str(root),
+                "--start-date",
+                DAYS[0],
+                "--end-date",
+                DAYS[-1],
+                "--max-len",
+                str(MAX_LEN),
+                "--short-len",
+                "10",
+                "--files-per-day",
+                "1",
+            ]
+        )
+    )
     return root
 
 
@@ -61,8 +95,10 @@ def _raw_events(feed_log: Path) -> list[dict]:
     """The generated (valid) impressions, parsed independently of the ETL."""
     lines = (feed_log / "events.csv").read_text().splitlines()
     rows = csv.DictReader(line for line in lines if line not in DEFECTS)
-    return [{key: float(value) if key == "watch_time" else int(value)
-             for key, value in row.items()} for row in rows]
+    return [
+        {key: float(value) if key == "watch_time" else int(value) for key, value in row.items()}
+        for row in rows
+    ]
 
 
 def _table(root: Path, name: str) -> list[dict]:
@@ -117,23 +153,26 @@ def test_every_impression_is_a_request_with_its_point_in_time_history(feed_build
     for row in _table(feed_build, "samples"):
         mine = [e for e in events if e["user_id"] == row["user_id"]]
         day = [e for e in mine if _china_date(e["timestamp"]) == row["date"]]
-        assert row["req_ts"] == sorted(e["timestamp"] for e in day)
-        assert row["req_num_candidates"] == [1] * len(day)
+        assert row["request_ts"] == sorted(e["timestamp"] for e in day)
+        assert row["request_num_candidates"] == [1] * len(day)
         profile = profiles.get(row["user_id"])
         expected = [int(profile[f]) if profile else 0 for f in fields]
         assert row["profile_demographic"] == expected
         # Each impression is its own request: (time, item, click) as a multiset.
-        requests = zip(row["req_ts"], row["cand_item_id"], row["cand_label"], strict=True)
+        requests = zip(
+            row["request_ts"], row["candidate_item_id"], row["candidate_label"], strict=True
+        )
         assert Counter(requests) == Counter((e["timestamp"], e["item_id"], e["click"]) for e in day)
-        for ts, end in zip(row["req_ts"], row["req_history_end"], strict=True):
+        for ts, end in zip(row["request_ts"], row["request_history_end"], strict=True):
             earlier = [e for e in mine if e["timestamp"] < ts][-MAX_LEN:]
             start = max(0, end - MAX_LEN)
-            assert row["hist_ts"][start:end] == [e["timestamp"] for e in earlier]
-            assert row["hist_item_id"][start:end] == [e["item_id"] for e in earlier]
-            assert row["hist_category_id"][start:end] == [e["author_id"] for e in earlier]
-            assert row["hist_behavior"][start:end] == [e["click"] + 1 for e in earlier]
-            assert row["hist_watch_time"][start:end] == pytest.approx(
-                [e["watch_time"] for e in earlier])
+            assert row["timeline_ts"][start:end] == [e["timestamp"] for e in earlier]
+            assert row["timeline_item_id"][start:end] == [e["item_id"] for e in earlier]
+            assert row["timeline_category_id"][start:end] == [e["author_id"] for e in earlier]
+            assert row["timeline_behavior"][start:end] == [e["click"] + 1 for e in earlier]
+            assert row["timeline_watch_time"][start:end] == pytest.approx(
+                [e["watch_time"] for e in earlier]
+            )
             checked += 1
             cut += end > MAX_LEN
     assert checked == sum(stats.requests for stats in spec.splits.values())
@@ -143,9 +182,20 @@ def test_every_impression_is_a_request_with_its_point_in_time_history(feed_build
 def test_feed_tables_train_a_two_process_cain(feed_build, tmp_path):
     run_dir = tmp_path / "run"
     process = torchrun(
-        ["--data", str(feed_build), "--model", "cain", "--output", str(run_dir),
-         "model.embedding_dim=8", "model.mlp_dims=[32,16]", "train.batch_size=32",
-         "train.eval_batch_size=64", "train.max_steps=4", "train.progress=false"],
+        [
+            "--data",
+            str(feed_build),
+            "--model",
+            "cain",
+            "--output",
+            str(run_dir),
+            "model.embedding_dim=8",
+            "model.mlp_dims=[32,16]",
+            "train.batch_size=32",
+            "train.eval_batch_size=64",
+            "train.max_steps=4",
+            "train.progress=false",
+        ],
         timeout=300,
     )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-4000:]

@@ -111,18 +111,18 @@ def test_protocol_presets_build_samples(spark, preset):
     result = samples.collect()
     assert result, preset
     for row in result:
-        assert sum(row["req_num_candidates"]) == len(row["cand_label"])
-        assert len(row["req_ts"]) == len(row["req_history_end"])
-        for ts, end in zip(row["req_ts"], row["req_history_end"], strict=True):
-            assert all(t < ts for t in row["hist_ts"][:end])
+        assert sum(row["request_num_candidates"]) == len(row["candidate_label"])
+        assert len(row["request_ts"]) == len(row["request_history_end"])
+        for ts, end in zip(row["request_ts"], row["request_history_end"], strict=True):
+            assert all(t < ts for t in row["timeline_ts"][:end])
     if preset == "mimn_sim":
-        assert len(result) == 3 and all(len(r["req_ts"]) == 1 for r in result)
+        assert len(result) == 3 and all(len(r["request_ts"]) == 1 for r in result)
         assert {r["split"] for r in result} <= {"train", "test"}
     else:
         per_request = protocol.negatives + 1
         # A tiny pool may hold fewer than k unseen items; a request keeps at least one negative.
-        assert all(2 <= n <= per_request for r in result for n in r["req_num_candidates"])
-        assert all(r["cand_label"].count(1) == len(r["req_ts"]) for r in result)
+        assert all(2 <= n <= per_request for r in result for n in r["request_num_candidates"])
+        assert all(r["candidate_label"].count(1) == len(r["request_ts"]) for r in result)
         # Day 1 has an empty pool; only ubr4ctr can draw from the user's own earlier events.
         expected_days = {D1, D2, D3} if preset == "ubr4ctr" else {D2, D3}
         assert {r["date"] for r in result} == expected_days

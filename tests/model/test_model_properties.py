@@ -36,7 +36,7 @@ def test_extra_padding_does_not_change_outputs(name, spec, batch):
     model = build(name, spec).eval()
     with torch.no_grad():
         tight = model(batch)
-        model.embedding_arch.pad_history_to = spec.max_len + 13
+        model.dense_arch.embedding_layout.pad_history_to = spec.max_len + 13
         padded = model(batch)
     torch.testing.assert_close(padded, tight, rtol=1e-5, atol=1e-5)
 
@@ -49,7 +49,7 @@ def one_request_per_candidate(batch: Batch) -> Batch:
     request_values: dict[str, list[torch.Tensor]] = {}
     for key, jagged in per_key.items():
         rows = jagged.to_dense()
-        if key.startswith("cand_"):
+        if key.startswith("candidate_"):
             flat = jagged.values()
             candidate_values[key] = [flat[i : i + 1] for i in range(len(request_of_sample))]
         else:
@@ -69,6 +69,7 @@ def one_request_per_candidate(batch: Batch) -> Batch:
         labels=batch.labels,
         request_index=torch.arange(batch.num_samples),
         user_ids=batch.user_ids,
+        weights=batch.weights,
     )
 
 
@@ -168,7 +169,7 @@ def test_switches_build_train_and_keep_padding_invariance(name, overrides, spec,
     model.eval()
     with torch.no_grad():
         tight = model(batch)
-        model.embedding_arch.pad_history_to = spec.max_len + 9
+        model.dense_arch.embedding_layout.pad_history_to = spec.max_len + 9
         torch.testing.assert_close(model(batch), tight, rtol=1e-5, atol=1e-5)
 
 
@@ -183,22 +184,36 @@ def test_cain_fast_convolution_matches_reference(spec, batch):
 def test_lap_reports_level_overlap(spec, batch):
     model = build("lap", spec, **{"lap.k_mid": 6, "lap.k_top": 3})
     model(batch)
-    assert 0.0 <= model.long_term_arch.attention.level_overlap <= 1.0
+    assert 0.0 <= model.dense_arch.long_term_arch.attention.level_overlap <= 1.0
 
 
 def test_sim_soft_adds_its_gsu_loss_and_others_do_not(spec, batch):
-    _, sim_losses = build("sim_soft", spec).forward_with_losses(batch)
-    _, lap_losses = build("lap", spec).forward_with_losses(batch)
-    assert set(sim_losses) == {"auxiliary"} and not lap_losses
+    _, sim_loss = build("sim_soft", spec).forward_with_losses(batch)
+    _, lap_loss = build("lap", spec).forward_with_losses(batch)
+    assert sim_loss.item() > 0 and lap_loss.item() == 0
+
+
+def test_loss_weights_give_the_weighted_sum_and_zero_weights_no_gradient(spec, batch):
+    model = CTRTrain(build("lap", spec))
+    mean_loss, _ = model(batch)
+    doubled, _ = model(batch.with_weights(2 * batch.weights))
+    torch.testing.assert_close(doubled, 2 * mean_loss)
+    silent, _ = model(batch.with_weights(torch.zeros_like(batch.weights)))
+    silent.backward()
+    assert silent.item() == 0
+    assert all(
+        parameter.grad is None or not parameter.grad.any() for parameter in model.parameters()
+    )
 
 
 @pytest.mark.parametrize("name", ["cain", "lap", "twin", "sim_soft", "eta", "sdim", "din"])
 def test_taobao_like_spec_without_demographics_or_dense_features(name):
     spec = tiny_feature_spec(max_len=20, short_len=3, demographics={}, dense_features=())
     batch = synthetic_batch(spec, num_requests=4, candidates_per_request=2, seed=2)
-    loss, logits = CTRTrain(build(name, spec))(batch)
+    loss, (_, logits, labels) = CTRTrain(build(name, spec))(batch)
     loss.backward()
     assert logits.shape == (8,) and torch.isfinite(loss)
+    assert torch.equal(labels, batch.labels)
 
 
 def test_peg_on_empty_inputs_is_refused():
@@ -213,7 +228,7 @@ def test_empty_histories_give_finite_outputs_and_gradients(name, spec):
     all_empty = synthetic_batch(spec, num_requests=2, candidates_per_request=1, history_length=0)
     model = CTRTrain(build(name, spec))
     for sample in (batch, all_empty):
-        loss, logits = model(sample)
+        loss, (_, logits, _) = model(sample)
         loss.backward()
         assert torch.isfinite(logits).all() and torch.isfinite(loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from contract.config import to_plain
 from model.cain import CAINConfig, MajorAttention, PEGPlacement
 from model.layers.temporal_convolution import PEGMode
-from model.registry import MODELS, build_model, config_to_dict, resolve_config
+from model.registry import MODELS, build_model, resolve_config
 from model.synthetic_batch import synthetic_batch, tiny_feature_spec
-from model.tables import table_layout
+from model.tables import embedding_collection, table_layout
 
 
 def test_the_paper_models_are_registered():
@@ -69,23 +70,35 @@ def test_bad_names_and_overrides_raise_value_error_naming_them(name, overrides, 
         build_model(name, tiny_feature_spec(), overrides)
 
 
-def test_config_to_dict_round_trips_through_overrides():
+def test_resolved_config_round_trips_through_plain_values():
     config = resolve_config("twin_msia", {"embedding_dim": 8, "peg_mode": "concat"})
-    plain = config_to_dict(config)
+    plain = to_plain(config)
     assert plain["peg_mode"] == "concat" and plain["major_attention"] == "twin"
     assert resolve_config("twin_msia", plain) == config
 
 
-def test_embedding_collection_can_live_on_the_meta_device():
-    model = build_model(
-        "cain",
-        tiny_feature_spec(),
-        {"embedding_dim": 4, "mlp_dims": [8]},
-        embedding_device=torch.device("meta"),
+def test_the_model_receives_its_sparse_arch_which_can_live_on_the_meta_device():
+    spec = tiny_feature_spec()
+    config = resolve_config("cain", {"embedding_dim": 4, "mlp_dims": [8]})
+    sparse_arch = embedding_collection(
+        table_layout(spec, config.max_table_rows), 4, torch.device("meta")
     )
-    tables = model.embedding_arch.embedding_collection.embeddings
-    assert all(table.weight.is_meta for table in tables.values())
-    assert not any(p.is_meta for n, p in model.named_parameters() if "embedding_arch" not in n)
+    model = build_model("cain", spec, config, sparse_arch=sparse_arch)
+    assert model.sparse_arch is sparse_arch
+    assert all(table.weight.is_meta for table in sparse_arch.embeddings.values())
+    assert not any(p.is_meta for n, p in model.named_parameters() if "sparse_arch" not in n)
+
+
+def test_a_sparse_arch_that_does_not_fit_the_model_is_refused():
+    spec = tiny_feature_spec()
+    config = resolve_config("lap", {"embedding_dim": 4, "mlp_dims": [8]})
+    other_dim = embedding_collection(table_layout(spec, config.max_table_rows), 8)
+    with pytest.raises(ValueError, match="embedding_dim is 4"):
+        build_model("lap", spec, config, sparse_arch=other_dim)
+    no_demographics = tiny_feature_spec(demographics={})
+    too_few = embedding_collection(table_layout(no_demographics, config.max_table_rows), 4)
+    with pytest.raises(ValueError, match="profile_age"):
+        build_model("lap", spec, config, sparse_arch=too_few)
 
 
 def test_synthetic_batch_is_seeded_and_fits_the_tables():
@@ -97,7 +110,7 @@ def test_synthetic_batch_is_seeded_and_fits_the_tables():
     rows = table_layout(spec, 1 << 22).rows_for_feature()
     for key, jagged in first.sparse_features.to_dict().items():
         assert int(jagged.values().max()) < rows[key], key
-    assert int(first.sparse_features["hist_item_id"].lengths().max()) <= 12
+    assert int(first.sparse_features["history_item_id"].lengths().max()) <= 12
     assert first.num_requests == 6 and first.request_index.max().item() == 5
 
 

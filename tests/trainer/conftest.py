@@ -35,6 +35,16 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def heavy_rows_data(tmp_path_factory) -> Path:
+    """Few, heavy user-days (30 requests x 4 candidates each): rank shares cannot be equal."""
+    root = tmp_path_factory.mktemp("heavy_rows")
+    write_synthetic_samples(
+        root, users=5, days=3, events_per_day=40, requests_per_day=30, max_len=30, seed=13
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
 def next_day_data(tmp_path_factory) -> Path:
     """Like tiny_data but with more items: the item table grows (new ids since the last spec)."""
     root = tmp_path_factory.mktemp("next_day_samples")

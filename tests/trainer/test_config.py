@@ -28,7 +28,15 @@ def test_model_overrides_are_forwarded_with_yaml_types():
     config = load_config(
         None, ["model.embedding_dim=16", "model.mlp_dims=[64,32]", "model.lap.k_top=10"]
     )
-    assert config.model.options == {"embedding_dim": 16, "mlp_dims": [64, 32], "lap.k_top": 10}
+    assert config.model.options == {"embedding_dim": 16, "mlp_dims": [64, 32], "lap": {"k_top": 10}}
+
+
+def test_model_presets_compose_with_train_presets():
+    config = load_config(["conf/train/paper.yaml", "conf/model/twin.yaml"], ["train.max_steps=3"])
+    assert config.model.name == "twin"
+    assert config.model.options["embedding_dim"] == 64  # from the train preset
+    assert config.model.options["twin"]["num_heads"] == 4  # from the model preset
+    assert config.train.batch_size == 1536 and config.train.max_steps == 3
 
 
 @pytest.mark.parametrize(

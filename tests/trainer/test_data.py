@@ -1,4 +1,4 @@
-"""The Delta reader: disjoint balanced shares, equal step counts, contract-exact batches."""
+"""The Delta reader: disjoint balanced shares, synchronized weighted steps, exact batches."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from deltalake import DeltaTable
 
-from etl.feature_spec import FeatureSpec
+from contract.feature_spec import FeatureSpec
 from model.batch import Keys
 from model.tables import table_layout
 from trainer.batching import BatchBuilder, SampleDataError, log2_bucket, request_block
@@ -83,7 +83,7 @@ def test_ranks_read_disjoint_rows_that_cover_the_split(tiny_data):
             keys += list(
                 zip(
                     part.column("user_id").to_pylist(),
-                    [ts[0] for ts in part.column("req_ts").to_pylist()],
+                    [ts[0] for ts in part.column("request_ts").to_pylist()],
                     strict=False,
                 )
             )
@@ -108,21 +108,24 @@ def test_histories_follow_the_contract(feed_data):
             continue
         begin = 0
         requests = zip(
-            row["req_ts"], row["req_history_end"], row["req_num_candidates"], strict=True
+            row["request_ts"],
+            row["request_history_end"],
+            row["request_num_candidates"],
+            strict=True,
         )
         for ts, end, count in requests:
             start = max(0, end - spec.max_len)
-            items = row["hist_item_id"][start:end]
+            items = row["timeline_item_id"][start:end]
             gaps = [
                 min(spec.time_gap_buckets - 1, int(np.floor(np.log2(1 + ts - t))))
-                for t in row["hist_ts"][start:end]
+                for t in row["timeline_ts"][start:end]
             ]
             expected.append(
                 (
                     row["user_id"],
                     items,
                     gaps,
-                    row["cand_item_id"][begin : begin + count],
+                    row["candidate_item_id"][begin : begin + count],
                     row["profile_demographic"],
                 )
             )
@@ -131,9 +134,9 @@ def test_histories_follow_the_contract(feed_data):
     got = []
     for batch in stream.batches():
         features = batch.sparse_features.to_dict()
-        items = features[Keys.HIST_ITEM].to_dense()
-        gaps = features[Keys.HIST_TIME_GAP].to_dense()
-        candidates = features[Keys.CAND_ITEM].to_dense()
+        items = features[Keys.HISTORY_ITEM].to_dense()
+        gaps = features[Keys.HISTORY_TIME_GAP].to_dense()
+        candidates = features[Keys.CANDIDATE_ITEM].to_dense()
         ages = features[Keys.demographic("age")].to_dense()
         genders = features[Keys.demographic("gender")].to_dense()
         first_sample = torch.searchsorted(batch.request_index, torch.arange(batch.num_requests))
@@ -147,7 +150,9 @@ def test_histories_follow_the_contract(feed_data):
                     [int(ages[request][0]), int(genders[request][0])],
                 )
             )
-        assert all(length <= spec.max_len for length in features[Keys.HIST_ITEM].lengths().tolist())
+        assert all(
+            length <= spec.max_len for length in features[Keys.HISTORY_ITEM].lengths().tolist()
+        )
     assert sorted(map(str, got)) == sorted(map(str, expected))
 
 
@@ -176,13 +181,14 @@ def test_misaligned_row_is_a_clear_error(tiny_data):
         read_pieces(rank_share(SamplesTable.open(tiny_data, spec).files("train"), 0, 1), 4)
     )
     broken = table.set_column(
-        table.schema.get_field_index("hist_ts"),
-        "hist_ts",
+        table.schema.get_field_index("timeline_ts"),
+        "timeline_ts",
         pa.array(
-            [values[:-1] for values in table.column("hist_ts").to_pylist()], pa.list_(pa.int64())
+            [values[:-1] for values in table.column("timeline_ts").to_pylist()],
+            pa.list_(pa.int64()),
         ),
     )
-    with pytest.raises(SampleDataError, match="hist_ts is not aligned"):
+    with pytest.raises(SampleDataError, match="timeline_ts is not aligned"):
         request_block(broken, spec)
 
 
@@ -193,24 +199,36 @@ def _free_port() -> int:
 
 
 def _steps_worker(rank: int, port: int, queue) -> None:
+    from model.synthetic_batch import synthetic_batch, tiny_feature_spec
     from trainer.distributed import ProcessGroup
     from trainer.loop import SynchronizedBatches
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     group = ProcessGroup(rank, 2, rank, torch.device("cpu"))
-    from types import SimpleNamespace
-
-    local = iter([SimpleNamespace(num_samples=4)] * (3 if rank == 0 else 5))  # rank 1: 2 more
-    queue.put((rank, sum(1 for _ in SynchronizedBatches(local, group))))
+    spec = tiny_feature_spec()
+    batch = synthetic_batch(spec, num_requests=4, candidates_per_request=1)  # 4 samples
+    filler = synthetic_batch(spec, num_requests=1, candidates_per_request=1)
+    local = iter([batch] * (3 if rank == 0 else 5))  # rank 1 has two batches more
+    steps = SynchronizedBatches(local, group, filler)
+    weights = [(b.num_samples, round(float(b.weights.sum()), 6)) for b in steps]
+    queue.put((rank, weights, list(steps.pending_samples)))
     dist.destroy_process_group()
 
 
-def test_every_rank_runs_the_same_number_of_steps():
+def test_ranks_run_until_every_rank_is_out_of_data_with_exact_step_weights():
     context = mp.get_context("spawn")
     queue = context.Queue()
     mp.start_processes(_steps_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
-    assert dict(queue.get(timeout=60) for _ in range(2)) == {0: 3, 1: 3}
+    results = {
+        rank: (weights, pending)
+        for rank, weights, pending in (queue.get(timeout=60) for _ in range(2))
+    }
+    # Steps 1-3: 8 samples over 2 ranks, each sample weighs W/N = 2/8, so each rank's 4 sum to
+    # 1; steps 4-5: rank 0 feeds the filler (weight 0), rank 1's 4 samples weigh 2/4 each.
+    assert results[0][0] == [(4, 1.0)] * 3 + [(1, 0.0)] * 2
+    assert results[1][0] == [(4, 1.0)] * 3 + [(4, 2.0)] * 2
+    assert results[0][1] == [4, 4, 4, 0, 0] and results[1][1] == [4] * 5
 
 
 def test_closed_prefetcher_leaves_no_thread_behind(tiny_data):
@@ -240,7 +258,7 @@ def test_shutdown_meets_at_a_barrier_and_destroys_the_group():
 
 
 def test_table_paths_join_uris_without_folding_the_scheme():
-    from etl.feature_spec import join
+    from contract.feature_spec import join
 
     assert join("s3://bucket/cain/", "samples") == "s3://bucket/cain/samples"
     assert join("/data/cain", "samples") == "/data/cain/samples"

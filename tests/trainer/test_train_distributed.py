@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from contract.feature_spec import FeatureSpec
 from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
 
 pytestmark = pytest.mark.distributed
@@ -66,6 +67,13 @@ def test_two_process_run_writes_metrics_config_and_tensorboard(reference_run):
         "step_00000008",
         "step_00000012",
     ]
+
+
+def test_one_epoch_trains_on_every_train_sample(heavy_rows_data, tmp_path):
+    """3 ranks get 3, 4 and 3 heavy rows: no rank's tail may be dropped to keep steps equal."""
+    _ok(torchrun(_arguments(heavy_rows_data, tmp_path, "train.epochs=1"), nproc=3))
+    spec = FeatureSpec.read(heavy_rows_data)
+    assert _metrics(tmp_path)["n_train"] == spec.splits["train"].samples
 
 
 def test_kill_minus_nine_then_relaunch_gives_the_same_metrics(tiny_data, tmp_path, reference_run):

@@ -1,8 +1,12 @@
 """The feature spec: the JSON contract between the ETL (writer) and the trainer (reader).
 
-`build_sequences.py` writes `ROOT/feature_spec.json` next to the Delta tables; the trainer builds
-its TorchRec tables and length limits from it and refuses a spec it does not understand. Pure
-Python (no Spark) so the trainer can import it.
+`etl/build_sequences.py` writes `ROOT/feature_spec.json` next to the Delta tables; the trainer
+builds its TorchRec tables and length limits from it and refuses a spec it does not understand.
+Pure Python (no Spark, no torch): the trainer, the models and the Airflow checks import it.
+
+Version history (`version`): 1 named the samples columns `hist_*`, `req_*`, `cand_*`; 2 names them
+`timeline_*`, `request_*`, `candidate_*` (contract/samples.py) and adds `file_samples`. A table
+built by an older ETL is refused with a message saying to rebuild it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 SPEC_FILE = "feature_spec.json"
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
 class FeatureSpecError(ValueError):
@@ -48,6 +52,9 @@ class FeatureSpec:
     time_gap_buckets / watch_time_buckets: sizes of the log2-bucket vocabularies.
     splits: "train"/"test" -> SplitStats.
     tables: logical table name -> path relative to the spec's directory.
+    file_samples: samples table file (path relative to the table, as in its Delta log) ->
+        split -> samples (candidates) in that file, so trainer ranks balance their shares
+        without scanning every file (files missing here are scanned).
     """
 
     source: str
@@ -67,6 +74,7 @@ class FeatureSpec:
     watch_time_buckets: int = 32
     splits: dict[str, SplitStats] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)
+    file_samples: dict[str, dict[str, int]] = field(default_factory=dict)
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -98,9 +106,18 @@ class FeatureSpec:
 
     @staticmethod
     def from_dict(payload: dict, origin: str = "feature spec") -> FeatureSpec:
-        if payload.get("version") != SPEC_VERSION:
+        version = payload.get("version")
+        if version != SPEC_VERSION:
+            older = isinstance(version, int) and version < SPEC_VERSION
             raise FeatureSpecError(
-                f"{origin}: version {payload.get('version')!r}, this code reads {SPEC_VERSION}"
+                f"{origin}: feature spec version {version!r}, this code reads version "
+                f"{SPEC_VERSION}"
+                + (
+                    ": the tables were built by an older ETL (other column names); rebuild them "
+                    "with etl/build_sequences.py"
+                    if older
+                    else ""
+                )
             )
         known = {f.name for f in fields(FeatureSpec)}
         unknown = sorted(set(payload) - known)
