@@ -10,6 +10,7 @@ Letters: N predictions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,27 @@ class Metrics:
     logloss: float
     gauc_users: int
     samples: int
+
+    def to_json(self) -> dict:
+        """JSON-safe values: an undefined metric (NaN) is None, with its reason under
+        `undefined` (JSON has no NaN; a reader must not mistake it for a number)."""
+        reasons = {
+            "auc": "the split holds one class only (AUC needs positives and negatives)",
+            "gauc": "no user has both positives and negatives",
+            "logloss": "the split holds no samples",
+        }
+        values: dict = {}
+        undefined = {}
+        for name in ("auc", "gauc", "logloss"):
+            value = getattr(self, name)
+            values[name] = None if math.isnan(value) else value
+            if values[name] is None:
+                undefined[name] = reasons[name]
+        values["gauc_users"] = self.gauc_users
+        values["samples"] = self.samples
+        if undefined:
+            values["undefined"] = undefined
+        return values
 
 
 def _average_ranks(sorted_values: np.ndarray, group_starts: np.ndarray | None = None) -> np.ndarray:
