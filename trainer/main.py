@@ -461,9 +461,14 @@ def report(
     eval_start = time.perf_counter()
     test = _evaluate(config, data, model, group, "test").metrics
     n_train = int(global_sum(state.samples, group))
+    train_stats = data.spec.splits.get(config.data.train_split)
     result = {
         "model": config.model.name,
-        **test.to_json(),
+        **{name: value for name, value in test.to_json().items() if name != "samples"},
+        # Predicting the train split's positive rate for every test sample: the bar to clear.
+        "logloss_constant": test.constant_logloss(train_stats.positive_rate)
+        if train_stats and test.samples
+        else None,
         "n_train": n_train,
         "n_test": test.samples,
         "validation": state.validation_history[-1] if state.validation_history else None,
