@@ -24,6 +24,7 @@ length, D embedding dim, P profile width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -112,7 +113,8 @@ class ShortTermArch(nn.Module):
 
 
 def initialize_xavier(dense_arch: nn.Module) -> None:
-    """Xavier-uniform for every dense weight matrix, zero biases (paper §5.1.4).
+    """Xavier-uniform for every dense weight matrix, zero biases (paper §5.1.4); `DenseArch` then
+    sets the logit's bias to the train split's log-odds when the spec knows it (unpublished).
 
     Only the dense arch: embedding tables keep TorchRec's initialisation (they live on the meta
     device until DMP materialises them). PEG generators then reset their output bias to a Xavier
@@ -149,6 +151,8 @@ class DenseArch(nn.Module):
         self.value_dim = self.key_dim + (self.side_dim if config.use_side_features else 0)
         self.profile_dim = sum(self.embedding_layout.profile_group_dims.values())
         self.short_term_arch = ShortTermArch(config, self.key_dim, self.value_dim)
+        train = spec.splits.get("train")
+        self.prior_positive_rate = train.positive_rate if train and train.samples else None
 
     def set_long_term_arch(self, long_term_arch: nn.Module) -> None:
         """Installs the model's long-term module and the over arch sized for its output."""
@@ -161,6 +165,11 @@ class DenseArch(nn.Module):
         )
         self.over_arch = OverArch(head_dim, self.config.mlp_dims)
         initialize_xavier(self)
+        if self.prior_positive_rate is not None:
+            # Start at the base rate: from p = 0.5 the first hundreds of steps would only learn it.
+            rate = min(max(self.prior_positive_rate, 1e-6), 1 - 1e-6)
+            with torch.no_grad():
+                self.over_arch.logit.bias.fill_(math.log(rate / (1 - rate)))
 
     def forward(
         self, looked_up: dict[str, JaggedTensor], batch: Batch

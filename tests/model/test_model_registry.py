@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -126,3 +127,19 @@ def test_yaml_presets_name_registered_models_with_valid_values():
         name = section.pop("name")
         assert name == path.stem
         resolve_config(name, section)
+
+
+def test_the_logit_starts_at_the_train_splits_base_rate():
+    from dataclasses import replace
+
+    from contract.feature_spec import SplitStats
+
+    spec = replace(
+        tiny_feature_spec(),
+        splits={"train": SplitStats(dates=("d",), requests=10, samples=200, positives=10)},
+    )
+    model = build_model("lap", spec, {"embedding_dim": 4, "mlp_dims": [8]})
+    bias = float(model.dense_arch.over_arch.logit.bias)
+    assert bias == pytest.approx(math.log(0.05 / 0.95))
+    without_splits = build_model("lap", tiny_feature_spec(), {"embedding_dim": 4, "mlp_dims": [8]})
+    assert float(without_splits.dense_arch.over_arch.logit.bias) == 0.0
