@@ -58,6 +58,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def uses_cuda(backend: Backend) -> bool:
+    """Whether a run with this backend trains on GPUs (auto: when CUDA is available)."""
+    return torch.cuda.is_available() and backend != Backend.GLOO
+
+
 def init_process_group(backend: Backend, timeout_minutes: int = 30) -> ProcessGroup:
     """Join (or create, outside torchrun) the default process group; pick this rank's device."""
     if "RANK" not in os.environ:
@@ -65,19 +70,18 @@ def init_process_group(backend: Backend, timeout_minutes: int = 30) -> ProcessGr
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and backend != Backend.GLOO
     if backend == Backend.NCCL and not torch.cuda.is_available():
         raise RuntimeError("train.backend=nccl needs CUDA; use gloo (or auto) on CPU")
-    if use_cuda:
+    if uses_cuda(backend):
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend="nccl" if device.type == "cuda" else "gloo",
             timeout=timedelta(minutes=timeout_minutes),
-            device_id=device if use_cuda else None,
+            device_id=device if device.type == "cuda" else None,
         )
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, device)
 

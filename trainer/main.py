@@ -57,7 +57,7 @@ from model.tables import embedding_collection, table_layout
 from model.train_wrapper import CTRTrain
 from trainer import checkpoint
 from trainer.batching import BatchBuilder, SampleDataError
-from trainer.config import Config, ConfigError, Precision, load_config
+from trainer.config import Config, ConfigError, Precision, SparseOptimizer, load_config
 from trainer.data import (
     Prefetcher,
     SamplesTable,
@@ -73,6 +73,7 @@ from trainer.distributed import (
     distribute,
     init_process_group,
     shutdown_process_group,
+    uses_cuda,
 )
 from trainer.loop import (
     EpochResult,
@@ -109,6 +110,13 @@ def check_inputs(config: Config) -> None:
     the samples table (listed, every file present), non-empty splits, and that the checkpoint to
     resume or warm start from holds this model with this resolved config. Raises InputError /
     FeatureSpecError / SampleDataError / CheckpointError."""
+    if config.train.sparse_optimizer is SparseOptimizer.ADAM and not uses_cuda(
+        config.train.backend
+    ):
+        raise InputError(
+            "train.sparse_optimizer=adam: FBGEMM has no CPU kernel for exact Adam; on CPU use "
+            "rowwise_adam (partial row-wise Adam) or rowwise_adagrad"
+        )
     spec = FeatureSpec.read(config.data.root)
     if config.data.max_history is not None and not 1 <= config.data.max_history <= spec.max_len:
         raise InputError(

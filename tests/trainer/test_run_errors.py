@@ -43,6 +43,9 @@ CASES = {
     "empty data directory": (lambda data, root: root.mkdir() or root, [], "no feature spec at", 1),
     "deleted parquet file": (_without_a_file, [], "are missing", 2),
     "empty test split": (_without_test_rows, [], "the test split", 1),
+    "exact adam on cpu": (
+        lambda data, root: data, ["train.sparse_optimizer=adam"], "no CPU kernel for exact Adam", 1
+    ),
 }
 
 
