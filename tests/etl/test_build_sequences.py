@@ -6,7 +6,10 @@ against an independent pure-Python recomputation from the `events` table.
 
 from __future__ import annotations
 
+import base64
 import math
+import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -188,3 +191,142 @@ def test_shuffle_partitions_grow_with_a_local_input(tmp_path):
     assert build_sequences.sized_shuffle_partitions([str(small), None]) == 8
     assert build_sequences.sized_shuffle_partitions([str(large)]) == 75
     assert build_sequences.sized_shuffle_partitions(["hdfs:///logs/day.csv"]) is None
+
+
+def _versions(root: Path) -> dict[str, int]:
+    return {name: DeltaTable(str(root / name)).version() for name in build_sequences.TABLES}
+
+
+@pytest.fixture(scope="module")
+def rebuilt_with_binary_lines(spark, full_build, raw_log, build_cli, tmp_path_factory):
+    """A copy of full_build, rebuilt in full from raw_log plus lines of random bytes; returns
+    (root, the binary lines, the job's log)."""
+    import logging
+    import random
+
+    root = tmp_path_factory.mktemp("binary") / "root"
+    shutil.copytree(full_build, root)
+    generator = random.Random(12)
+    binary = [bytes(generator.choice(range(14, 256)) for _ in range(40)) + b"\xff"
+              for _ in range(20)]
+    raw = root.parent / "with-binary.csv"
+    raw.write_bytes(raw_log.read_bytes() + b"\n".join(binary) + b"\n")
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("etl.build_sequences")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        build_sequences.run(build_sequences.parse_args(build_cli(raw, root)))
+    finally:
+        logger.removeHandler(handler)
+    return root, binary, "\n".join(records)
+
+
+def test_binary_lines_leave_a_quarantine_every_reader_can_read(rebuilt_with_binary_lines):
+    root, binary, _ = rebuilt_with_binary_lines
+    quarantine = table(root, "quarantine")  # pyarrow validates UTF-8: raised before
+    stored = [row for row in quarantine if row["reason"] == "invalid_utf8"]
+    assert all(row["raw_encoding"] == "base64" for row in stored)
+    assert sorted(base64.b64decode(row["raw"]) for row in stored) == sorted(binary)
+    assert all(row["raw_encoding"] == "utf8" for row in quarantine if row not in stored)
+
+
+def test_a_full_rebuild_logs_the_versions_it_replaced(rebuilt_with_binary_lines):
+    root, _, messages = rebuilt_with_binary_lines
+    for name in build_sequences.TABLES:
+        assert f"{name:<10} version 0 replaced by version 1" in messages, messages
+    assert _versions(root) == dict.fromkeys(build_sequences.TABLES, 1)
+
+
+@pytest.mark.parametrize("content", ["random", "empty"])
+def test_rejected_input_leaves_every_table_and_the_spec_as_they_were(
+    spark, full_build, build_cli, tmp_path, caplog, content
+):
+    root = tmp_path / "root"
+    shutil.copytree(full_build, root)
+    before = _versions(root)
+    rows = {name: len(table(root, name)) for name in build_sequences.TABLES}
+    spec = (root / "feature_spec.json").read_bytes()
+    bad = tmp_path / "input.bin"
+    bad.write_bytes(random_bytes(100_000) if content == "random" else b"")
+    code = build_sequences.main(build_cli(bad, root))
+    assert code == build_sequences.EXIT_INPUT_REJECTED
+    assert "input rejected" in caplog.text and "accepted=0" in caplog.text
+    if content == "random":
+        assert "invalid_utf8=" in caplog.text  # the counts by reason
+    assert _versions(root) == before
+    assert {name: len(table(root, name)) for name in build_sequences.TABLES} == rows
+    assert (root / "feature_spec.json").read_bytes() == spec
+
+
+def test_a_mostly_rejected_input_is_refused_below_the_threshold(
+    spark, raw_log, build_cli, tmp_path, caplog
+):
+    lines = raw_log.read_text().splitlines()
+    mixed = tmp_path / "mixed.csv"
+    # 30% good lines: refused at the default 0.5, nothing created.
+    good = lines[: len(lines) * 3 // 10]
+    mixed.write_text("\n".join(good + ["garbage"] * (len(lines) - len(good))) + "\n")
+    code = build_sequences.main(build_cli(mixed, tmp_path / "root"))
+    assert code == build_sequences.EXIT_INPUT_REJECTED
+    assert "malformed_line=" in caplog.text
+    assert not (tmp_path / "root" / "events").exists()
+
+
+def random_bytes(size: int) -> bytes:
+    import random
+
+    return random.Random(3).randbytes(size)
+
+
+def test_spark_submit_wrapper_checks_arguments_before_starting_spark(tmp_path):
+    """A stub spark-submit first on PATH records whether the wrapper got as far as calling it."""
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir()
+    marker = tmp_path / "spark-submit-called"
+    stub = stub_dir / "spark-submit"
+    stub.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+    stub.chmod(0o755)
+    repo = Path(build_sequences.__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{stub_dir}:{os.environ['PATH']}",
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
+    missing = subprocess.run(
+        ["bash", "scripts/spark_submit.sh", "--conf", "spark.x=y", "etl/build_sequences.py",
+         "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "out")],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode == 2 and "input not found" in missing.stderr
+    assert not marker.exists()  # refused before spark-submit (and its JVM) started
+    present = tmp_path / "log.csv"
+    present.write_text("1,2,3,pv,1511539200\n")
+    valid = subprocess.run(
+        ["bash", "scripts/spark_submit.sh", "etl/build_sequences.py", "--input", str(present),
+         "--output", str(tmp_path / "out")],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert valid.returncode == 0 and marker.exists()  # valid arguments reach spark-submit
+
+
+def test_plain_spark_submit_after_setup_env_builds_the_tables(raw_log, build_cli, tmp_path):
+    """No wrapper: setup_env.sh's SPARK_CONF_DIR brings the Delta package and confs
+    (conf/spark/spark-defaults.conf, the file etl/spark.py reads for its own local session)."""
+    from etl import spark as etl_spark
+
+    defaults = etl_spark.spark_defaults()
+    assert etl_spark.DELTA_CONF.items() <= defaults.items()
+    if "CAIN_DELTA_PACKAGE" not in os.environ:
+        assert etl_spark.DELTA_PACKAGE == defaults["spark.jars.packages"]
+    repo = Path(build_sequences.__file__).resolve().parents[1]
+    root = tmp_path / "root"
+    command = "source scripts/setup_env.sh >/dev/null && spark-submit " + " ".join(
+        ["etl/build_sequences.py", *build_cli(raw_log, root)])
+    env = {key: value for key, value in os.environ.items() if key != "SPARK_CONF_DIR"}
+    result = subprocess.run(["bash", "-c", command], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    spec = FeatureSpec.read(root)
+    assert spec.splits["train"].requests > 0
+    assert len(table(root, "events")) + len(table(root, "quarantine")) == len(
+        raw_log.read_text().splitlines())
