@@ -34,13 +34,12 @@ import uuid
 from datetime import date
 from urllib.parse import unquote
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from contract import samples as samples_contract
 from contract.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
-from etl import clean, negatives, profiles, protocols, spark, timelines
+from etl import clean, negatives, profiles, protocols, spark
 from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
 
 log = logging.getLogger("etl.build_sequences")
@@ -76,7 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negatives", type=int, help="negatives per positive (protocol's k)")
     parser.add_argument("--sampling", choices=["popularity", "uniform"])
     parser.add_argument("--top-categories", type=int)
-    parser.add_argument("--pool-slots", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--files-per-day", type=int, default=2,
                         help="files per day partition (the trainer splits files among ranks)")
@@ -104,7 +102,6 @@ def config_from_args(args: argparse.Namespace) -> EtlConfig:
             "max_len": args.max_len,
             "short_len": args.short_len,
             "top_categories": args.top_categories,
-            "pool_slots": args.pool_slots,
             "seed": args.seed,
         },
     )
@@ -285,40 +282,29 @@ def build_samples(
     """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last]."""
     started = time.time()
     protocol = config.protocol
-    positive = config.source.behavior_code(config.source.positive_behavior)
-    with_watch_time = config.source.format == SourceFormat.FEED
     events = spark.read_delta(spark_session, f"{root}/events").where(F.col("date") <= last)
     history_events = events
     if first > config.source.start_date:
         # A day run: only the users active in the run's days need their earlier history.
         active = events.where(F.col("date").between(first, last)).select("user_id").distinct()
         history_events = events.join(active, "user_id", "left_semi")
-    days = (
-        history_events.transform(timelines.user_histories, last)
-        .transform(timelines.user_days, first, last)
-        .transform(protocols.with_requests, protocol, positive)
-        .transform(profiles.with_profile, config.source.behaviors, config.top_categories,
-                   with_watch_time)
+    spec = protocols.sample_spec(config, first, last)
+    pools_broadcast = None
+    if spec.draws > 0:
+        pools = negatives.collect_pools(events, first, last)
+        pools_broadcast = spark_session.sparkContext.broadcast(pools)
+        log.info("negative pools: %d days, %d events", len(pools.days), pools.events)
+    partitions = int(spark_session.conf.get("spark.sql.shuffle.partitions"))
+    samples = (
+        history_events.transform(protocols.samples, pools_broadcast, spec, partitions)
         .transform(profiles.with_demographics, demographics, demographic_fields)
-        # Read twice (requests for the negative draws, rows for the samples): compute it once.
-        .persist(StorageLevel.MEMORY_AND_DISK)
+        .transform(protocols.with_split, protocol, config.train_end_date)
     )
-    draws = None
-    if protocol.draws_per_request > 0:
-        requests = days.transform(protocols.request_rows)
-        pool = negatives.item_pool(
-            events, requests.select("date"), protocol.sampling, config.pool_slots, config.seed
-        )
-        draws = negatives.draw_items(
-            requests, pool, protocol.draws_per_request, config.pool_slots, config.seed
-        )
-    samples = protocols.to_samples(
-        days, draws, protocol, positive, config.max_len, config.seed
-    ).transform(protocols.with_split, protocol, config.train_end_date)
     contract_columns = [F.col(c.name).cast(c.spark_type) for c in samples_contract.COLUMNS]
     spark.write_delta(samples.select(*contract_columns), f"{root}/samples", "date",
                       f"date >= '{first}' AND date <= '{last}'", files, ("user_id",))
-    days.unpersist()
+    if pools_broadcast is not None:
+        pools_broadcast.unpersist()
     written = spark.read_delta(spark_session, f"{root}/samples").where(
         F.col("date").between(first, last))
     spark.write_delta(
@@ -334,8 +320,24 @@ def build_samples(
         F.sum(F.aggregate("candidate_label", F.lit(0).cast("long"),
                           lambda a, x: a + x)).alias("pos"),
     ).first()
+    requested = requested_count(events, config, first, last)
+    # Requests left without a negative (their pool is empty or all excluded: a day's first
+    # events) are dropped; so are user-days left without requests.
     stage("samples", started, user_days=totals["rows"], requests=totals["requests"],
-          candidates=totals["candidates"], positives=totals["pos"])
+          candidates=totals["candidates"], positives=totals["pos"],
+          dropped_requests=requested - (totals["requests"] or 0))
+
+
+def requested_count(events: DataFrame, config: EtlConfig, first: str, last: str) -> int:
+    """Requests the protocol asks for in [first, last], before any is dropped."""
+    rule = config.protocol.requests.value
+    days = events.where(F.col("date").between(first, last))
+    if rule == "positive":
+        positive = config.source.behavior_code(config.source.positive_behavior)
+        return days.where(F.col("behavior") == positive).count()
+    if rule == "last":
+        return events.select("user_id").distinct().count()
+    return days.count()
 
 
 def feature_spec(

@@ -90,7 +90,32 @@ def session(app_name: str, master: str | None = None, shuffle_partitions: int | 
         spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("WARN")
     require_delta(spark)
+    ship_project_code(spark)
     return spark
+
+
+PACKAGES = ("contract", "etl")  # what the Arrow UDFs (etl/negatives.py) import on executors
+_SHIPPED: set[str] = set()
+
+
+def ship_project_code(spark: SparkSession) -> None:
+    """Zip the project packages the executors' Python UDFs import and add them to the job
+    (SparkContext.addPyFile): executors then need only numpy, pyarrow and pandas, on a cluster as
+    in local mode (where worker processes do not see the driver's sys.path)."""
+    import tempfile
+    import zipfile
+
+    application = spark.sparkContext.applicationId
+    if application in _SHIPPED:  # once per application: Spark refuses a second cain_etl.zip
+        return
+    _SHIPPED.add(application)
+    repo = Path(__file__).resolve().parents[1]
+    target = Path(tempfile.mkdtemp(prefix="cain-pyfiles-")) / "cain_etl.zip"
+    with zipfile.ZipFile(target, "w") as archive:
+        for package in PACKAGES:
+            for source in sorted((repo / package).rglob("*.py")):
+                archive.write(source, source.relative_to(repo))
+    spark.sparkContext.addPyFile(str(target))
 
 
 def _launched_by_submit() -> bool:

@@ -12,8 +12,9 @@
 # as --packages/--conf as well (so they also apply next to a cluster's own SPARK_CONF_DIR).
 # etl/spark.py checks and fails with a clear message when they are missing. Override the package
 # with CAIN_DELTA_PACKAGE.
-# The ETL uses built-in Spark SQL functions only, so executors need no project code: the driver
-# (client mode) runs from this checkout. Extra spark-submit options go before the script path.
+# The driver (client mode) runs from this checkout and ships the project's packages to the
+# executors itself (etl/spark.py, addPyFile); executors need numpy, pyarrow and pandas.
+# Extra spark-submit options go before the script path.
 #
 # Before spark-submit starts a JVM (and resolves jars), the application's own checks run in plain
 # Python: for etl/build_sequences.py, `--check` validates the arguments and input paths, so a typo
