@@ -7,7 +7,10 @@ For each size: a seeded synthetic Taobao log (`etl.synthetic`, ~100 events per u
 file) is generated (timed separately), then `python etl/build_sequences.py` runs in a fresh
 process (Spark start-up included, as a user would run it). Peak memory is the largest resident
 set of the job's whole process tree (Python driver + JVM), sampled every 0.2 s from /proc.
-Also reported: bytes per sample of the `samples` table (Parquet files / candidates), per request
+A copy job (`benchmarks/etl_copy_job.py`: read the same CSV, write it as Parquet) runs first
+in the same run: the build's time is reported as a ratio to it (`etl_to_copy_ratio`), which is
+less sensitive to the load of a shared machine than the wall time. Also reported: bytes per
+sample of the `samples` table (Parquet files / candidates), per request
 and per user-day row, and the machine's load average (other work on a shared machine slows the
 job; compare numbers from the same run only). Prints a table; never asserts on timings.
 """
@@ -77,6 +80,12 @@ def _logged_shuffle_partitions(log: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def stage_seconds(log: Path) -> dict[str, float]:
+    """Seconds of each stage as the job logged them (`[etl] clean  112.3s ...`)."""
+    return {name: float(seconds) for name, seconds in
+            re.findall(r"\[etl\] (clean|samples)\s+([0-9.]+)s", log.read_text())}
+
+
 def samples_bytes(root: Path) -> int:
     return sum(path.stat().st_size for path in (root / "samples").rglob("*.parquet"))
 
@@ -95,6 +104,13 @@ def benchmark(size: int, work: Path, master: str) -> dict:
     generate_seconds = time.time() - started
     input_rows = sum(1 for _ in raw.open())
     env = {**os.environ, "SPARK_MASTER": master, "PYTHONPATH": str(REPO)}
+    # The I/O floor, measured in the same run: read the CSV, write it as Parquet.
+    copy_seconds, copy_peak, code = run_measured(
+        [sys.executable, "benchmarks/etl_copy_job.py", "--input", str(raw), "--output",
+         str(work / f"copy-{size}")], env, work / f"copy-{size}.log",
+    )
+    if code != 0:
+        raise SystemExit(f"the copy job failed for size {size}: see {work}/copy-{size}.log")
     load_before = os.getloadavg()[0]
     seconds, peak, code = run_measured(
         [sys.executable, "etl/build_sequences.py", "--input", str(raw), "--output", str(root)],
@@ -118,6 +134,10 @@ def benchmark(size: int, work: Path, master: str) -> dict:
         "shuffle_partitions": _logged_shuffle_partitions(work / f"etl-{size}.log"),
         "generate_seconds": round(generate_seconds, 1),
         "etl_seconds": round(seconds, 1),
+        "copy_seconds": round(copy_seconds, 1),
+        "etl_to_copy_ratio": round(seconds / copy_seconds, 2),
+        "copy_peak_rss_gib": round(copy_peak / 2**30, 2),
+        "stage_seconds": stage_seconds(work / f"etl-{size}.log"),
         "events_per_second": round(input_rows / seconds),
         "peak_rss_gib": round(peak / 2**30, 2),
         "requests": requests,
@@ -146,12 +166,13 @@ def main() -> None:
     kept = []
     if args.merge and args.output.exists():
         kept = json.loads(args.output.read_text())["results"]
-    print(f"{'events':>10} {'etl s':>8} {'events/s':>10} {'peak GiB':>9} {'B/cand':>7} "
-          f"{'B/req':>7} {'load':>5}")
+    print(f"{'events':>10} {'etl s':>8} {'events/s':>10} {'peak GiB':>9} {'copy s':>7} "
+          f"{'ratio':>6} {'B/cand':>7} {'B/req':>7} {'load':>5}")
     for size in args.sizes:
         result = benchmark(size, args.work, args.master)
         print(f"{result['events']:>10} {result['etl_seconds']:>8} "
               f"{result['events_per_second']:>10} {result['peak_rss_gib']:>9} "
+              f"{result['copy_seconds']:>7} {result['etl_to_copy_ratio']:>6} "
               f"{result['bytes_per_candidate']:>7} {result['bytes_per_request']:>7} "
               f"{result['load_average_before']:>5}", flush=True)
         # Written after every size, so a long run that fails later keeps what it measured.

@@ -12,7 +12,10 @@ profiles from the `events` table (which holds the earlier days' history). Runnin
 leaves the same tables; building the days one by one in order equals one full build.
 Table schemas: docs/data.md; protocols, bad input and cluster use: docs/etl.md.
 Exit codes: 0 ok, 2 bad arguments / missing input / unwritable output / no Delta, 3 row counts
-that do not add up.
+that do not add up, 4 input rejected (no accepted row, or an accepted share of the input rows
+below --min-accepted-share): nothing was written, every table keeps its previous version.
+`--check` validates the arguments and input paths without starting Spark (scripts/spark_submit.sh
+runs it before spark-submit).
 """
 
 from __future__ import annotations
@@ -31,17 +34,17 @@ import uuid
 from datetime import date
 from urllib.parse import unquote
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from contract import samples as samples_contract
 from contract.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
-from etl import clean, negatives, profiles, protocols, spark, timelines
+from etl import clean, negatives, profiles, protocols, spark
 from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
 
 log = logging.getLogger("etl.build_sequences")
 TABLES = ("events", "quarantine", "profiles", "samples")
+EXIT_BAD_ARGUMENTS, EXIT_COUNTS, EXIT_INPUT_REJECTED = 2, 3, 4
 
 
 class JobError(RuntimeError):
@@ -72,13 +75,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negatives", type=int, help="negatives per positive (protocol's k)")
     parser.add_argument("--sampling", choices=["popularity", "uniform"])
     parser.add_argument("--top-categories", type=int)
-    parser.add_argument("--pool-slots", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--files-per-day", type=int, default=2,
                         help="files per day partition (the trainer splits files among ranks)")
     parser.add_argument("--shuffle-partitions", type=int, default=None,
                         help="spark.sql.shuffle.partitions (default: sized from a local input, "
                              "see sized_shuffle_partitions; a --conf given to spark-submit wins)")
+    parser.add_argument("--min-accepted-share", type=float, default=0.5,
+                        help="refuse to write anything (exit 4) when fewer than this share of the "
+                             "input rows are accepted events, or none is (default 0.5)")
+    parser.add_argument("--check", action="store_true",
+                        help="only validate the arguments and input paths (no Spark), exit 0/2")
     return parser.parse_args(argv)
 
 
@@ -95,7 +102,6 @@ def config_from_args(args: argparse.Namespace) -> EtlConfig:
             "max_len": args.max_len,
             "short_len": args.short_len,
             "top_categories": args.top_categories,
-            "pool_slots": args.pool_slots,
             "seed": args.seed,
         },
     )
@@ -172,11 +178,42 @@ def stage(name: str, started: float, **counts: object) -> None:
     log.info("%-11s %6.1fs  %s", name, time.time() - started, details)
 
 
+def check_accepted(by_reason: dict[str | None, int], min_share: float) -> None:
+    """Refuse a run whose input is mostly (or entirely) rejected: garbage, an empty file or the
+    wrong format must never replace good tables. `by_reason`: rows per reason, None = accepted."""
+    input_rows = sum(by_reason.values())
+    accepted_rows = by_reason.get(None, 0)
+    share = accepted_rows / input_rows if input_rows else 0.0
+    if accepted_rows > 0 and share >= min_share:
+        return
+    rejected = sorted(((k, v) for k, v in by_reason.items() if k), key=lambda kv: str(kv[0]))
+    why = "no accepted row" if accepted_rows == 0 else (
+        f"accepted share {share:.1%} < --min-accepted-share {min_share:g}")
+    raise JobError(
+        f"input rejected ({why}), nothing written: every table keeps its current version. "
+        f"input_rows={input_rows} accepted={accepted_rows} quarantined by reason: "
+        + (", ".join(f"{reason}={count}" for reason, count in rejected) or "none (empty input)"),
+        exit_code=EXIT_INPUT_REJECTED,
+    )
+
+
+def replaced_versions(spark_session: SparkSession, root: str) -> dict[str, int]:
+    """The current Delta version of each existing table under ROOT (a rebuild replaces them)."""
+    versions = {}
+    for name in TABLES:
+        version = spark.table_version(spark_session, f"{root}/{name}")
+        if version is not None:
+            versions[name] = version
+    return versions
+
+
 def build_events(
     spark_session: SparkSession, config: EtlConfig, events_input: str, root: str,
-    first: str, last: str, files: int,
-) -> None:
-    """Stage 1: raw lines -> events + quarantine for the run's days; checks the row invariant."""
+    first: str, last: str, files: int, min_accepted_share: float = 0.0,
+) -> dict[str, int]:
+    """Stage 1: raw lines -> events + quarantine for the run's days; checks the accepted share
+    before writing anything and the row invariant after writing. -> the Delta version of each
+    table that existed before this run (they are being replaced)."""
     started = time.time()
     source = config.source
     lines = spark_session.read.text(events_input)
@@ -186,15 +223,25 @@ def build_events(
         .transform(clean.for_run_dates, first, last)
         .persist()
     )
+    by_reason = {
+        row["reason"]: row["count"]
+        for row in marked.groupBy("reason").count().collect()  # <= 10 rows
+    }
+    try:
+        check_accepted(by_reason, min_accepted_share)
+    except JobError:
+        marked.unpersist()
+        raise
+    previous = replaced_versions(spark_session, root)
+    if previous:
+        log.info("replacing days %s..%s of existing tables: %s", first, last,
+                 ", ".join(f"{name} version {version}" for name, version in previous.items()))
     spark.write_delta(clean.accepted(marked), f"{root}/events", "date",
                       f"date >= '{first}' AND date <= '{last}'", files,
                       ("user_id", "ts", "item_id", "behavior"))
     spark.write_delta(clean.quarantined(marked), f"{root}/quarantine", "run_date",
-                      f"run_date >= '{first}' AND run_date <= '{last}'", 1, ("raw", "reason"))
-    by_reason = {
-        row["reason"]: row["count"]
-        for row in marked.groupBy("reason").count().collect()  # <= 9 rows
-    }
+                      f"run_date >= '{first}' AND run_date <= '{last}'", 1, ("raw", "reason"),
+                      merge_schema=True)
     marked.unpersist()
     input_rows = sum(by_reason.values())
     accepted_rows = spark.read_delta(spark_session, f"{root}/events").where(
@@ -207,8 +254,9 @@ def build_events(
     if input_rows != accepted_rows + quarantined_rows:
         raise JobError(
             f"row invariant broken: input {input_rows} != accepted {accepted_rows} + "
-            f"quarantined {quarantined_rows}", exit_code=3,
+            f"quarantined {quarantined_rows}", exit_code=EXIT_COUNTS,
         )
+    return previous
 
 
 def read_demographics(
@@ -234,40 +282,29 @@ def build_samples(
     """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last]."""
     started = time.time()
     protocol = config.protocol
-    positive = config.source.behavior_code(config.source.positive_behavior)
-    with_watch_time = config.source.format == SourceFormat.FEED
     events = spark.read_delta(spark_session, f"{root}/events").where(F.col("date") <= last)
     history_events = events
     if first > config.source.start_date:
         # A day run: only the users active in the run's days need their earlier history.
         active = events.where(F.col("date").between(first, last)).select("user_id").distinct()
         history_events = events.join(active, "user_id", "left_semi")
-    days = (
-        history_events.transform(timelines.user_histories, last)
-        .transform(timelines.user_days, first, last)
-        .transform(protocols.with_requests, protocol, positive)
-        .transform(profiles.with_profile, config.source.behaviors, config.top_categories,
-                   with_watch_time)
+    spec = protocols.sample_spec(config, first, last)
+    pools_broadcast = None
+    if spec.draws > 0:
+        pools = negatives.collect_pools(events, first, last)
+        pools_broadcast = spark_session.sparkContext.broadcast(pools)
+        log.info("negative pools: %d days, %d events", len(pools.days), pools.events)
+    partitions = int(spark_session.conf.get("spark.sql.shuffle.partitions"))
+    samples = (
+        history_events.transform(protocols.samples, pools_broadcast, spec, partitions)
         .transform(profiles.with_demographics, demographics, demographic_fields)
-        # Read twice (requests for the negative draws, rows for the samples): compute it once.
-        .persist(StorageLevel.MEMORY_AND_DISK)
+        .transform(protocols.with_split, protocol, config.train_end_date)
     )
-    draws = None
-    if protocol.draws_per_request > 0:
-        requests = days.transform(protocols.request_rows)
-        pool = negatives.item_pool(
-            events, requests.select("date"), protocol.sampling, config.pool_slots, config.seed
-        )
-        draws = negatives.draw_items(
-            requests, pool, protocol.draws_per_request, config.pool_slots, config.seed
-        )
-    samples = protocols.to_samples(
-        days, draws, protocol, positive, config.max_len, config.seed
-    ).transform(protocols.with_split, protocol, config.train_end_date)
     contract_columns = [F.col(c.name).cast(c.spark_type) for c in samples_contract.COLUMNS]
     spark.write_delta(samples.select(*contract_columns), f"{root}/samples", "date",
                       f"date >= '{first}' AND date <= '{last}'", files, ("user_id",))
-    days.unpersist()
+    if pools_broadcast is not None:
+        pools_broadcast.unpersist()
     written = spark.read_delta(spark_session, f"{root}/samples").where(
         F.col("date").between(first, last))
     spark.write_delta(
@@ -283,8 +320,24 @@ def build_samples(
         F.sum(F.aggregate("candidate_label", F.lit(0).cast("long"),
                           lambda a, x: a + x)).alias("pos"),
     ).first()
+    requested = requested_count(events, config, first, last)
+    # Requests left without a negative (their pool is empty or all excluded: a day's first
+    # events) are dropped; so are user-days left without requests.
     stage("samples", started, user_days=totals["rows"], requests=totals["requests"],
-          candidates=totals["candidates"], positives=totals["pos"])
+          candidates=totals["candidates"], positives=totals["pos"],
+          dropped_requests=requested - (totals["requests"] or 0))
+
+
+def requested_count(events: DataFrame, config: EtlConfig, first: str, last: str) -> int:
+    """Requests the protocol asks for in [first, last], before any is dropped."""
+    rule = config.protocol.requests.value
+    days = events.where(F.col("date").between(first, last))
+    if rule == "positive":
+        positive = config.source.behavior_code(config.source.positive_behavior)
+        return days.where(F.col("behavior") == positive).count()
+    if rule == "last":
+        return events.select("user_id").distinct().count()
+    return days.count()
 
 
 def feature_spec(
@@ -367,13 +420,26 @@ def table_relative(uri: str) -> str:
     return "/".join(parts[start:])
 
 
-def run(args: argparse.Namespace) -> FeatureSpec:
+def preflight(args: argparse.Namespace) -> tuple[EtlConfig, str, str, str, str | None]:
+    """Everything that can be checked without Spark: arguments, config, dates, input paths, output
+    writability. -> (config, first day, last day, events input, demographics input or None)."""
     try:
         config = config_from_args(args)
     except ConfigError as error:
         raise JobError(str(error)) from error
+    if not 0.0 <= args.min_accepted_share <= 1.0:
+        raise JobError(f"--min-accepted-share {args.min_accepted_share} is not in [0, 1]")
+    if args.files_per_day < 1:
+        raise JobError(f"--files-per-day {args.files_per_day} must be >= 1")
+    if args.shuffle_partitions is not None and args.shuffle_partitions < 1:
+        raise JobError(f"--shuffle-partitions {args.shuffle_partitions} must be >= 1")
     first, last = run_dates(config, args.date)
     events_input, profiles_input = check_paths(config, args.input, args.output)
+    return config, first, last, events_input, profiles_input
+
+
+def run(args: argparse.Namespace) -> FeatureSpec:
+    config, first, last, events_input, profiles_input = preflight(args)
     root = args.output.rstrip("/")
     started = time.time()
     try:
@@ -389,7 +455,8 @@ def run(args: argparse.Namespace) -> FeatureSpec:
              config.max_len, config.seed, session.conf.get("spark.sql.shuffle.partitions"),
              args.input, root)
     with spark.StageProgress(session, log):
-        build_events(session, config, events_input, root, first, last, args.files_per_day)
+        previous = build_events(session, config, events_input, root, first, last,
+                                args.files_per_day, args.min_accepted_share)
         demographics, fields = read_demographics(session, profiles_input)
         build_samples(session, config, root, first, last, demographics, fields,
                       args.files_per_day)
@@ -401,14 +468,26 @@ def run(args: argparse.Namespace) -> FeatureSpec:
     for name, stats in spec.splits.items():
         log.info("split %-5s dates=%s requests=%d samples=%d positive_rate=%.4f", name,
                  ",".join(stats.dates), stats.requests, stats.samples, stats.positive_rate)
+    log_table_versions(session, root, previous)
     log.info("done in %.1fs: %s", time.time() - started, path)
     return spec
+
+
+def log_table_versions(session: SparkSession, root: str, previous: dict[str, int]) -> None:
+    for name in TABLES:
+        version = spark.table_version(session, f"{root}/{name}")
+        if name in previous:
+            log.info("%-10s version %d replaced by version %s", name, previous[name], version)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[etl] %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     try:
+        if args.check:
+            preflight(args)
+            log.info("arguments and input paths are valid")
+            return 0
         run(args)
     except JobError as error:
         log.error("%s", error)

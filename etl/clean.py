@@ -6,12 +6,17 @@
       .transform(assign_dates, start, end, tz)  -> + date (event day), run_date (attribution)
       .transform(mark_duplicates)               -> exact duplicate events get reason "duplicate"
     accepted(...)    -> EVENTS: user_id, item_id, category_id, behavior, ts, watch_time, date
-    quarantined(...) -> QUARANTINE: raw, reason, run_date
+    quarantined(...) -> QUARANTINE: raw, raw_encoding, reason, run_date
 
-Reasons (a fixed vocabulary, counted in the job log): `malformed_line` (wrong number of fields),
+Reasons (a fixed vocabulary, counted in the job log): `invalid_utf8` (the line is not valid
+UTF-8, checked first: binary input), `malformed_line` (wrong number of fields),
 `null_id` (an empty id or timestamp field), `non_numeric` (a field that is not a number),
 `negative_id`, `unknown_behavior`, `bad_watch_time`, `timestamp_out_of_range` (outside the
 configured days), `duplicate` (the same canonical event again; the first copy is kept).
+
+`raw` is the line as text (`raw_encoding` "utf8"), or for an `invalid_utf8` line its exact bytes
+in base64 (`raw_encoding` "base64"): Parquet strings must be valid UTF-8, and readers such as
+pyarrow/delta-rs refuse anything else, so undecodable bytes are never stored as a string.
 
 `run_date` attributes a row to the run that owns it: its event day when the timestamp parses and
 lies in the range, otherwise the range's last day (the run that has seen the whole log). So a
@@ -27,6 +32,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 REASONS = (
+    "invalid_utf8",
     "malformed_line",
     "null_id",
     "non_numeric",
@@ -45,10 +51,23 @@ DECIMAL = r"^-?[0-9]+(\.[0-9]*)?$"
 
 
 def _first_reason(checks: Sequence[tuple[Column, str]]) -> Column:
+    # Undecodable bytes first: nothing parsed from such a line can be trusted.
+    checks = [(~F.is_valid_utf8(F.col("value")), "invalid_utf8"), *checks]
     reason = F.lit(None).cast("string")
     for failed, name in reversed(checks):
         reason = F.when(failed, F.lit(name)).otherwise(reason)
     return reason
+
+
+def _raw() -> list[Column]:
+    """`raw` and `raw_encoding`: the line as text, or its exact bytes in base64 when they are not
+    valid UTF-8 (a Parquet string column must hold valid UTF-8)."""
+    valid = F.is_valid_utf8(F.col("value"))
+    return [
+        F.when(valid, F.col("value")).otherwise(F.base64(F.col("value").cast("binary")))
+        .alias("raw"),
+        F.when(valid, F.lit("utf8")).otherwise(F.lit("base64")).alias("raw_encoding"),
+    ]
 
 
 def _integer(field: Column) -> Column:
@@ -77,7 +96,7 @@ def parse_taobao(lines: DataFrame, behaviors: Sequence[str]) -> DataFrame:
          (behavior == 0, "unknown_behavior")]
     )
     return lines.select(
-        F.col("value").alias("raw"),
+        *_raw(),
         _integer(part[0]).alias("user_id"),
         _integer(part[1]).alias("item_id"),
         _integer(part[2]).alias("category_id"),
@@ -106,7 +125,7 @@ def parse_feed(lines: DataFrame) -> DataFrame:
          (watch.isNull() | (watch < 0), "bad_watch_time")]
     )
     return data.select(
-        F.col("value").alias("raw"),
+        *_raw(),
         _integer(part[0]).alias("user_id"),
         _integer(part[1]).alias("item_id"),
         _integer(part[2]).alias("category_id"),
@@ -153,10 +172,12 @@ def mark_duplicates(dated: DataFrame) -> DataFrame:
         F.array_sort(F.collect_list("raw")).alias("raws")
     )
     kept = grouped.select(
-        F.col("raws")[0].alias("raw"), *key, "run_date", F.lit(None).cast("string").alias("reason")
+        F.col("raws")[0].alias("raw"), F.lit("utf8").alias("raw_encoding"), *key, "run_date",
+        F.lit(None).cast("string").alias("reason"),
     )
     copies = grouped.where(F.size("raws") > 1).select(
         F.explode(F.slice("raws", 2, F.size("raws") - 1)).alias("raw"),
+        F.lit("utf8").alias("raw_encoding"),
         *key,
         "run_date",
         F.lit("duplicate").alias("reason"),
@@ -178,9 +199,9 @@ def accepted(marked: DataFrame) -> DataFrame:
 
 
 def quarantined(marked: DataFrame) -> DataFrame:
-    """-> QUARANTINE (docs/data.md): raw line, reason, run_date."""
+    """-> QUARANTINE (docs/data.md): raw line, its encoding, reason, run_date."""
     return marked.where(F.col("reason").isNotNull()).select(
-        F.col("raw").cast("string"), F.col("reason"), F.col("run_date")
+        F.col("raw").cast("string"), F.col("raw_encoding"), F.col("reason"), F.col("run_date")
     )
 
 

@@ -33,8 +33,8 @@ class RequestRule(str, Enum):
 
 
 class Sampling(str, Enum):
-    POPULARITY = "popularity"  # item weight = its event count before the sample day
-    UNIFORM = "uniform"  # every item seen before the sample day equally likely
+    POPULARITY = "popularity"  # the item of a uniformly drawn event of the request's pool
+    UNIFORM = "uniform"  # a uniformly drawn distinct item of the request's pool
 
 
 class SplitRule(str, Enum):
@@ -87,7 +87,7 @@ class ProtocolConfig:
     name: recorded in the feature spec.
     requests: which events are requests.
     negatives: sampled negatives per positive request (k).
-    sampling: how negatives are drawn from the items seen before the sample day.
+    sampling: how negatives are drawn from the request's pool (the day's events before it).
     exclude_history: drop negatives the user interacted with before the request.
     history_fraction: share of negatives drawn from the user's own earlier history (ubr4ctr).
     replace_probability: chance that the target is replaced by a sampled item labelled 0
@@ -131,8 +131,6 @@ class EtlConfig:
     max_len: longest history a request carries (the timeline keeps this many events before the
         day); short_len: the short-term window recorded in the spec.
     top_categories: k of the profile's most-interacted categories/authors.
-    pool_slots: size of the per-day negative sampling table (probabilities are quantized to
-        1/pool_slots; items rarer than that are not drawn as negatives).
     seed: all sampling is a hash of (seed, user, request, draw), so reruns are identical.
     """
 
@@ -141,7 +139,6 @@ class EtlConfig:
     max_len: int = 1024
     short_len: int = 50
     top_categories: int = 5
-    pool_slots: int = 65_536
     seed: int = 2017
 
     def __post_init__(self) -> None:
@@ -149,8 +146,6 @@ class EtlConfig:
             raise ConfigError("max_len and short_len must be >= 1")
         if self.short_len > self.max_len:
             raise ConfigError("short_len must be <= max_len")
-        if self.pool_slots < 1:
-            raise ConfigError("pool_slots must be >= 1")
 
     @property
     def train_end_date(self) -> str:

@@ -1,247 +1,105 @@
 """Sample protocols: which events become requests and which candidates each request scores.
 
-    USER_DAY.transform(with_requests, protocol, positive_code)
-        -> keeps rows with >= 1 request, + requests array<EVENT> (ascending; mimn_sim: the user's
-           last event, on the user's last day only)
-    REQUEST_ROWS = USER_DAY.transform(request_rows)
-        -> user_id, date, request int, ts, item_id   (input of negatives.draw_items)
-    USER_DAY(+requests, profile_*).transform(to_samples, DRAWS | None, protocol, ...)
-        -> SAMPLES (docs/data.md) without `split`
+    sample_spec(config, first_date, last_date) -> sequences.SampleSpec (the protocol's scalars)
+    EVENTS.transform(samples, POOLS | None, spec, partitions)
+        -> SAMPLES (docs/data.md) without `split` and `profile_demographic`, one row per
+           user-day in [first_date, last_date] that keeps at least one request
     SAMPLES.transform(with_split, protocol, train_end_date) -> + split
+
+EVENTS: every event of the users to build, up to last_date (their history included); POOLS: a
+Broadcast of sampling.DayPools (None for protocols without sampling).
 
 Presets live in conf/data/protocol/ (cain, dare, eta_sdim, ubr4ctr, mimn_sim, feed_click; see
 docs/etl.md). Requests of one user-day share one timeline row; a request's history is the timeline
 prefix with ts < request ts (`request_history_end`), so the target is never in its own history.
 
-Negative candidates for request i come from its fixed-size chunk of draws (negatives.py); with
-`exclude_history`, items the user interacted with before the request (every earlier day, plus the
-earlier events of the same day) and the positive itself are removed, duplicates dropped, and the
-first k kept. A request left without any negative (the first day of the data has no pool) is
-dropped, and so is a user-day left without requests; one with fewer than k keeps what it has.
+The work per user runs in numpy (etl/sequences.py) inside an Arrow UDF: the events are
+partitioned by user, sorted by (user, ts, item, behavior, category, watch time) and handed over
+in chunks of whole users. Negatives come from the request's pool (etl/sampling.py); with
+`exclude_history`, items the user interacted with before the request and the positive itself are
+removed, duplicates dropped, and the first k kept. A request left without any negative (its pool
+is empty or holds only excluded items: a day's first events) is dropped, and so is a user-day
+left without requests; one with fewer than k keeps what it has. ubr4ctr's own-history negatives
+come from the user's own events of the same day before the request (so they too lie in the
+request's pool).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pyspark import Broadcast
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from etl.config import ProtocolConfig, RequestRule, SplitRule
-from etl.timelines import last_n
+from etl import sequences
+from etl.config import EtlConfig, ProtocolConfig, Sampling, SourceFormat, SplitRule
 
-CANDIDATE = "struct<item_id:bigint,category_id:bigint,label:int>"
-
-
-def with_requests(user_days: DataFrame, protocol: ProtocolConfig, positive_code: int) -> DataFrame:
-    day = F.col("day")
-    if protocol.requests == RequestRule.POSITIVE:
-        requests = F.filter(day, lambda e: e["behavior"] == positive_code)
-    elif protocol.requests in (RequestRule.ALL, RequestRule.LABELED):
-        requests = day
-    else:  # LAST: the user's very last event, on the user's last active day
-        last_day = Window.partitionBy("user_id")
-        is_last_day = F.col("date") == F.max("date").over(last_day)
-        requests = F.when(is_last_day, F.array(F.try_element_at(day, F.lit(-1)))).otherwise(
-            F.array().cast(user_days.schema["day"].dataType)
-        )
-    return user_days.withColumn("requests", requests).where(F.size("requests") > 0)
+# Events per numpy chunk: large enough to amortise the per-call overhead, small enough for
+# [requests x draws] arrays of a few hundred MB at most.
+CHUNK_EVENTS = 200_000
+SORT_ORDER = ("user_id", "ts", "item_id", "behavior", "category_id", "watch_time")
 
 
-def request_rows(user_days: DataFrame) -> DataFrame:
-    return user_days.select(
-        "user_id", "date", F.posexplode("requests").alias("request", "event")
-    ).select(
-        "user_id",
-        "date",
-        F.col("request").cast("int"),
-        F.col("event.ts").alias("ts"),
-        F.col("event.item_id").alias("item_id"),
+def sample_spec(config: EtlConfig, first_date: str, last_date: str) -> sequences.SampleSpec:
+    protocol = config.protocol
+    return sequences.SampleSpec(
+        first_date=first_date,
+        last_date=last_date,
+        max_len=config.max_len,
+        top_categories=config.top_categories,
+        behaviors=len(config.source.behaviors),
+        positive_code=config.source.behavior_code(config.source.positive_behavior),
+        with_watch_time=config.source.format == SourceFormat.FEED,
+        requests=protocol.requests.value,
+        negatives=protocol.negatives,
+        draws=protocol.draws_per_request,
+        uniform=protocol.sampling == Sampling.UNIFORM,
+        exclude_history=protocol.exclude_history,
+        history_fraction=protocol.history_fraction,
+        replace_probability=protocol.replace_probability,
+        seed=config.seed,
     )
 
 
-def _uniform(seed: int, salt: str, *parts: Column) -> Column:
-    """A deterministic U[0, 1) from a hash (no rand(): results must not depend on partitioning)."""
-    bits = F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), *parts), F.lit(1 << 52))
-    return bits.cast("double") / float(1 << 52)
+def _sample_batches(batches: Iterator[pa.RecordBatch], pools: Broadcast | None,
+                    spec: sequences.SampleSpec) -> Iterator[pa.RecordBatch]:
+    """Arrow UDF: user-sorted event batches -> SAMPLES batches, processed in chunks that each
+    end at a user boundary (a user's events may span input batches)."""
+    day_pools = pools.value if pools is not None else None
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows < CHUNK_EVENTS:
+            continue
+        table = pa.Table.from_batches(pending).combine_chunks()
+        users = table.column("user_id").to_numpy()
+        cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep it
+        if cut > 0:
+            yield sequences.process(sequences.EventChunk.from_arrow(table.slice(0, cut)), spec,
+                                    day_pools)
+        pending = table.slice(cut).to_batches()
+        pending_rows = table.num_rows - cut
+    if pending_rows:
+        table = pa.Table.from_batches(pending).combine_chunks()
+        yield sequences.process(sequences.EventChunk.from_arrow(table), spec, day_pools)
 
 
-def _candidate(item: Column, category: Column, label: int | Column) -> Column:
-    return F.struct(
-        item.cast("long").alias("item_id"),
-        category.cast("long").alias("category_id"),
-        (label if isinstance(label, Column) else F.lit(label)).cast("int").alias("label"),
+def samples(events: DataFrame, pools: Broadcast | None, spec: sequences.SampleSpec,
+            partitions: int) -> DataFrame:
+    """EVENTS -> SAMPLES less split and demographics (see the module docstring)."""
+    by_user = (
+        events.select(*sequences.EVENT_COLUMNS)
+        .repartition(partitions, "user_id")
+        .sortWithinPartitions(*SORT_ORDER)
     )
-
-
-def _sampled(request: Column, index: Column, protocol: ProtocolConfig) -> Column:
-    """array<long>: request's sampled items from its chunk of draws, after exclusion, at most
-    `sampled_per_request`, in draw order. Needs columns draws, seen_before_day, day_items,
-    prior_length and the request's `history_end`."""
-    draws = protocol.draws_per_request
-    chunk = F.slice(F.col("draws"), index * draws + 1, F.lit(draws))
-    items = F.filter(F.transform(chunk, lambda d: d["item_id"]), lambda item: item.isNotNull())
-    excluded = F.array(request["item_id"])
-    if protocol.exclude_history:
-        # Every item seen on earlier days, plus the same day's events before the request.
-        length = (request["history_end"] - F.col("prior_length")).cast("int")
-        excluded = F.concat(F.col("seen_before_day"), F.slice("day_items", F.lit(1), length),
-                            excluded)
-    return F.slice(F.array_except(items, excluded), 1, protocol.sampled_per_request)
-
-
-def _category_of(item: Column, request: Column) -> Column:
-    return F.try_element_at(request["category_of"], item)
-
-
-def _own_history_pick(request: Column, j: Column, protocol: ProtocolConfig, seed: int) -> Column:
-    """ubr4ctr: with probability history_fraction, an earlier event of another item (uniform
-    over the user's events before the request); null otherwise or when there is none."""
-    own = request["own"]
-    use_own = (_uniform(seed, "own", F.col("user_id"), request["ts"], request["item_id"], j)
-               < protocol.history_fraction) & (F.size(own) > 0)
-    position = F.floor(
-        _uniform(seed, "pick", F.col("user_id"), request["ts"], request["item_id"], j)
-        * F.size(own)
-    ).cast("int") + 1
-    chosen = F.try_element_at(own, position)
-    return F.when(use_own, _candidate(chosen["item_id"], chosen["category_id"], 0))
-
-
-def _candidates(request: Column, protocol: ProtocolConfig, positive_code: int, seed: int
-                ) -> Column:
-    """array<CANDIDATE> for one materialized request, or null to drop the request."""
-    if protocol.requests == RequestRule.LABELED:
-        label = (request["behavior"] == positive_code).cast("int")
-        return F.array(_candidate(request["item_id"], request["category_id"], label))
-    positive = _candidate(request["item_id"], request["category_id"], 1)
-    if protocol.draws_per_request == 0:
-        return F.array(positive)
-    sampled = F.transform(
-        request["sampled"], lambda item: _candidate(item, _category_of(item, request), 0)
-    )
-    if protocol.replace_probability > 0:
-        # mimn_sim: the target itself is replaced by a sampled item (label 0) with probability p.
-        replace = _uniform(seed, "replace", F.col("user_id"), request["ts"], request["item_id"])
-        return F.when(
-            (replace < protocol.replace_probability) & (F.size(sampled) > 0), sampled
-        ).otherwise(F.array(positive))
-    negatives = sampled
-    if protocol.history_fraction > 0:
-        negatives = F.filter(
-            F.transform(
-                F.sequence(F.lit(0), F.lit(protocol.negatives - 1)),
-                lambda j: F.coalesce(
-                    _own_history_pick(request, j, protocol, seed), F.try_element_at(sampled, j + 1)
-                ),
-            ),
-            lambda c: c.isNotNull(),
-        )
-    # A positive without any negative (the first day has an empty pool) is dropped; one with
-    # fewer than k (a tiny catalog, a user who has seen most of it) keeps what it has.
-    return F.when(F.size(negatives) > 0, F.concat(F.array(positive), negatives))
-
-
-def to_samples(
-    user_days: DataFrame,
-    draws: DataFrame | None,
-    protocol: ProtocolConfig,
-    positive_code: int,
-    max_len: int,
-    seed: int,
-) -> DataFrame:
-    """USER_DAY (+ requests, profile_*) and DRAWS -> SAMPLES without split.
-
-    Built in projections whose heavy columns are each referenced once, so Spark's optimizer
-    keeps them as separate steps instead of inlining (and recomputing) them per use.
-    """
-    profile = ["profile_dense", "profile_top_category", "profile_demographic"]
-    rows = user_days
-    if draws is not None:
-        rows = rows.join(draws, ["user_id", "date"], "left")
-    else:
-        rows = rows.withColumn(
-            "draws", F.array().cast("array<struct<item_id:bigint,category_id:bigint>>")
-        )
-    recent = last_n(F.col("prior"), max_len)
-    rows = rows.select(
-        "user_id", "date", "requests", "draws", *profile,
-        F.concat(recent, F.col("day")).alias("timeline"),
-        F.size(recent).alias("prior_length"),
-        F.array_distinct(F.transform("prior", lambda e: e["item_id"])).alias("seen_before_day"),
-        F.transform("day", lambda e: e["item_id"]).alias("day_items"),
-    ).withColumn("timeline_ts", F.transform("timeline", lambda e: e["ts"]))
-    # Step 1: where each request's history ends (its first timeline event at or after its ts).
-    rows = rows.withColumn(
-        "requests",
-        F.transform(
-            "requests",
-            lambda r: r.withField(
-                "history_end", (F.array_position("timeline_ts", r["ts"]) - 1).cast("int")
-            ),
-        ),
-    )
-    # Step 2: sampled items (and ubr4ctr's own-history choices) per request.
-    if protocol.draws_per_request > 0:
-        draws_per_request = protocol.draws_per_request
-
-        def sample(r: Column, index: Column) -> Column:
-            chunk = F.slice(F.col("draws"), index * draws_per_request + 1,
-                            F.lit(draws_per_request))
-            # item -> category of the drawn items (a pool item has one category per day, so
-            # the distinct (item, category) pairs have distinct keys).
-            category_of = F.map_from_entries(
-                F.array_distinct(
-                    F.transform(
-                        F.filter(chunk, lambda d: d["item_id"].isNotNull()),
-                        lambda d: F.struct(d["item_id"], d["category_id"]),
-                    )
-                )
-            )
-            with_sample = r.withField("sampled", _sampled(r, index, protocol)).withField(
-                "category_of", category_of
-            )
-            if protocol.history_fraction > 0:
-                own = F.filter(F.slice("timeline", F.lit(1), r["history_end"]),
-                               lambda e: e["item_id"] != r["item_id"])
-                with_sample = with_sample.withField("own", own)
-            return with_sample
-
-        rows = rows.withColumn("requests", F.transform("requests", sample))
-    # Step 3: candidates; requests without candidates are dropped.
-    built = F.filter(
-        F.transform(
-            "requests",
-            lambda r: F.struct(
-                r["ts"].alias("ts"),
-                r["history_end"].alias("history_end"),
-                _candidates(r, protocol, positive_code, seed)
-                .cast(f"array<{CANDIDATE}>")
-                .alias("candidates"),
-            ),
-        ),
-        lambda r: r["candidates"].isNotNull(),
-    )
-    rows = rows.select("user_id", "date", "timeline", "timeline_ts", *profile, built.alias("built"))
-    rows = rows.where(F.size("built") > 0).withColumn(
-        "candidates", F.flatten(F.transform("built", lambda r: r["candidates"]))
-    )
-    return rows.select(
-        F.col("user_id").cast("long"),
-        F.col("date"),
-        F.transform("timeline", lambda e: e["item_id"]).alias("timeline_item_id"),
-        F.transform("timeline", lambda e: e["category_id"]).alias("timeline_category_id"),
-        F.transform("timeline", lambda e: e["behavior"]).cast("array<int>").alias("timeline_behavior"),
-        F.col("timeline_ts"),
-        F.transform("timeline", lambda e: e["watch_time"]).cast("array<float>").alias(
-            "timeline_watch_time"
-        ),
-        F.transform("built", lambda r: r["ts"]).alias("request_ts"),
-        F.transform("built", lambda r: r["history_end"]).alias("request_history_end"),
-        F.transform("built", lambda r: F.size(r["candidates"])).alias("request_num_candidates"),
-        F.transform("candidates", lambda c: c["item_id"]).alias("candidate_item_id"),
-        F.transform("candidates", lambda c: c["category_id"]).alias("candidate_category_id"),
-        F.transform("candidates", lambda c: c["label"]).alias("candidate_label"),
-        *profile,
-    )
+    return by_user.mapInArrow(partial(_sample_batches, pools=pools, spec=spec),
+                              sequences.SAMPLE_DDL)
 
 
 def with_split(

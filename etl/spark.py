@@ -1,17 +1,19 @@
 """The SparkSession with Delta Lake, and the one way every job reads and writes Delta tables.
 
+The Delta package and confs live in one place, `conf/spark/spark-defaults.conf` (read here with
+`spark_defaults()`, by spark-submit through SPARK_CONF_DIR, and by scripts/spark_submit.sh).
 Two ways to get Delta's jars onto the JVM:
 - `python etl/build_sequences.py ...` (and the tests): `session()` starts the JVM itself and asks
   Spark's resolver for `DELTA_PACKAGE` from Maven Central (cached in ~/.ivy2.5.2 after the first
   run);
-- `spark-submit` (scripts/spark_submit.sh, clusters): the JVM already exists, so the wrapper passes
-  `--packages DELTA_PACKAGE` and the two Delta `--conf`s; `session()` then only attaches to it and
-  `require_delta()` fails with a clear message when the classes are missing.
+- `spark-submit` (plain after `source scripts/setup_env.sh`, scripts/spark_submit.sh, clusters):
+  the JVM already exists and got the package and confs from spark-defaults.conf (or the
+  wrapper's flags); `session()` then only attaches to it and `require_delta()` fails with a clear
+  message when the classes are missing.
 
 The pip package `delta-spark==4.4.1` would ask for `io.delta:delta-spark_4.2_2.13:4.4.1`, which
 Maven Central does not have (its newest build for Spark 4.2 is 4.4.0; the Python side is the same
-API), so the artifact is pinned here and in scripts/spark_submit.sh. Override both with
-`CAIN_DELTA_PACKAGE`.
+API), so the artifact is pinned in spark-defaults.conf. Override it with `CAIN_DELTA_PACKAGE`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,29 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-DELTA_PACKAGE = os.environ.get("CAIN_DELTA_PACKAGE", "io.delta:delta-spark_4.2_2.13:4.4.0")
-DELTA_CONF = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-}
+SPARK_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "spark" / "spark-defaults.conf"
+
+
+def spark_defaults(path: Path = SPARK_DEFAULTS) -> dict[str, str]:
+    """key -> value of a spark-defaults.conf (whitespace-separated, `#` comments)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            values[key] = value.strip()
+    return values
+
+
+_DEFAULTS = spark_defaults()
+DELTA_PACKAGE = os.environ.get("CAIN_DELTA_PACKAGE") or _DEFAULTS["spark.jars.packages"]
+DELTA_CONF = {key: _DEFAULTS[key] for key in
+              ("spark.sql.extensions", "spark.sql.catalog.spark_catalog")}
 # delta-rs (the trainer's reader) refuses tables with deletion vectors.
 TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
 SESSION_CONF = {
@@ -52,18 +68,17 @@ def session(app_name: str, master: str | None = None, shuffle_partitions: int | 
     """
     active = SparkSession.getActiveSession()
     if active is None and os.environ.get("SPARK_ENV_LOADED") is None and not _launched_by_submit():
-        builder = SparkSession.builder.appName(app_name).master(
-            master or os.environ.get("SPARK_MASTER", "local[2]")
-        )
-        builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
-        for key, value in DELTA_CONF.items():
+        builder = SparkSession.builder.appName(app_name)
+        for key, value in _DEFAULTS.items():  # the same file spark-submit reads
             builder = builder.config(key, value)
+        builder = builder.master(master or os.environ.get("SPARK_MASTER") or _DEFAULTS.get(
+            "spark.master", "local[2]"))
+        builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
         # Local mode: a few shuffle partitions beat the default 200 tiny tasks on 2 cores.
         partitions = shuffle_partitions or default_shuffle_partitions or 8
         builder = builder.config("spark.sql.shuffle.partitions", str(partitions))
-        builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
-        builder = builder.config("spark.ui.showConsoleProgress", "false")
-        builder = builder.config("spark.driver.memory", os.environ.get("CAIN_DRIVER_MEMORY", "4g"))
+        if os.environ.get("CAIN_DRIVER_MEMORY"):
+            builder = builder.config("spark.driver.memory", os.environ["CAIN_DRIVER_MEMORY"])
         spark = builder.getOrCreate()
     else:
         spark = SparkSession.builder.appName(app_name).getOrCreate()
@@ -75,7 +90,32 @@ def session(app_name: str, master: str | None = None, shuffle_partitions: int | 
         spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("WARN")
     require_delta(spark)
+    ship_project_code(spark)
     return spark
+
+
+PACKAGES = ("contract", "etl")  # what the Arrow UDFs (etl/negatives.py) import on executors
+_SHIPPED: set[str] = set()
+
+
+def ship_project_code(spark: SparkSession) -> None:
+    """Zip the project packages the executors' Python UDFs import and add them to the job
+    (SparkContext.addPyFile): executors then need only numpy, pyarrow and pandas, on a cluster as
+    in local mode (where worker processes do not see the driver's sys.path)."""
+    import tempfile
+    import zipfile
+
+    application = spark.sparkContext.applicationId
+    if application in _SHIPPED:  # once per application: Spark refuses a second cain_etl.zip
+        return
+    _SHIPPED.add(application)
+    repo = Path(__file__).resolve().parents[1]
+    target = Path(tempfile.mkdtemp(prefix="cain-pyfiles-")) / "cain_etl.zip"
+    with zipfile.ZipFile(target, "w") as archive:
+        for package in PACKAGES:
+            for source in sorted((repo / package).rglob("*.py")):
+                archive.write(source, source.relative_to(repo))
+    spark.sparkContext.addPyFile(str(target))
 
 
 def _launched_by_submit() -> bool:
@@ -90,8 +130,8 @@ def require_delta(spark: SparkSession) -> None:
     # py4j resolves names through Spark's class loader; a missing class comes back as a package.
     if not isinstance(jvm.io.delta.tables.DeltaTable, JavaClass):
         raise DeltaMissingError(
-            "Delta Lake classes are not on the Spark classpath. Run through "
-            "scripts/spark_submit.sh, or pass "
+            "Delta Lake classes are not on the Spark classpath. `source scripts/setup_env.sh` "
+            "(SPARK_CONF_DIR=conf/spark), run through scripts/spark_submit.sh, or pass "
             f"--packages {DELTA_PACKAGE} "
             + " ".join(f"--conf {key}={value}" for key, value in DELTA_CONF.items())
         )
@@ -110,13 +150,15 @@ def write_delta(
     replace_where: str,
     files_per_partition: int = 2,
     sort_by: tuple[str, ...] = (),
+    merge_schema: bool = False,
 ) -> None:
     """Atomically replace the rows matching `replace_where` (and only those) with `frame`.
 
     Re-running with the same input leaves the same table; other partitions are untouched.
     Each partition value gets `files_per_partition` files (rows spread by a hash of the first
     `sort_by` column), so the table has a few large files, not one per shuffle task and value;
-    the trainer splits files among its ranks.
+    the trainer splits files among its ranks. `merge_schema`: a table written by an older ETL
+    gains the frame's new columns (null in its old rows) instead of refusing the write.
     """
     spread = F.pmod(F.xxhash64(*(sort_by[:1] or (partition_column,))), F.lit(files_per_partition))
     frame = frame.repartition(files_per_partition * 16, F.col(partition_column), spread)
@@ -124,6 +166,8 @@ def write_delta(
         frame = frame.sortWithinPartitions(*sort_by)
     writer = frame.write.format("delta").mode("overwrite").partitionBy(partition_column)
     writer = writer.option("replaceWhere", replace_where)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     for key, value in TABLE_PROPERTIES.items():
         writer = writer.option(key, value)
     writer.save(path)
@@ -137,6 +181,15 @@ def is_delta_table(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
 
     return DeltaTable.isDeltaTable(spark, path)
+
+
+def table_version(spark: SparkSession, path: str) -> int | None:
+    """The current version of the Delta table at `path`, None when there is none."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()["version"])
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> str:

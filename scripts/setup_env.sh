@@ -37,3 +37,6 @@ export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 export PYSPARK_PYTHON="$venv/bin/python"
 export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
+# A plain `spark-submit etl/build_sequences.py ...` (and pyspark) gets the Delta package and
+# confs and the local defaults from conf/spark/spark-defaults.conf.
+export SPARK_CONF_DIR="$repo_root/conf/spark"

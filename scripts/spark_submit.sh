@@ -5,14 +5,26 @@
 #   SPARK_MASTER=yarn bash scripts/spark_submit.sh --deploy-mode client --num-executors 50 \
 #       etl/build_sequences.py --input hdfs:///raw/UserBehavior.csv --output hdfs:///cain/delta
 #
-# Under spark-submit the JVM exists before Python runs, so Delta's jars and SQL extension must come
-# as --packages/--conf here (etl/spark.py checks and fails with a clear message otherwise).
-# DELTA_PACKAGE: Maven Central has no io.delta:delta-spark_4.2_2.13:4.4.1 (the version of the pip
-# package); 4.4.0 is the newest build for Spark 4.2. Override with CAIN_DELTA_PACKAGE.
-# The ETL uses built-in Spark SQL functions only, so executors need no project code: the driver
-# (client mode) runs from this checkout. Extra spark-submit options go before the script path.
+# Optional: after `source scripts/setup_env.sh` a plain `spark-submit etl/build_sequences.py ...`
+# works too (SPARK_CONF_DIR=conf/spark). Under spark-submit the JVM exists before Python runs, so
+# Delta's jars and SQL extension must come from conf/spark/spark-defaults.conf, the one place they
+# are named: this wrapper points SPARK_CONF_DIR there when unset and passes the file's Delta lines
+# as --packages/--conf as well (so they also apply next to a cluster's own SPARK_CONF_DIR).
+# etl/spark.py checks and fails with a clear message when they are missing. Override the package
+# with CAIN_DELTA_PACKAGE.
+# The driver (client mode) runs from this checkout and ships the project's packages to the
+# executors itself (etl/spark.py, addPyFile); executors need numpy, pyarrow and pandas.
+# Extra spark-submit options go before the script path.
+#
+# Before spark-submit starts a JVM (and resolves jars), the application's own checks run in plain
+# Python: for etl/build_sequences.py, `--check` validates the arguments and input paths, so a typo
+# or a missing input fails in a second with its message, not after JVM start-up.
 set -euo pipefail
-delta_package="${CAIN_DELTA_PACKAGE:-io.delta:delta-spark_4.2_2.13:4.4.0}"
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+defaults="$repo_root/conf/spark/spark-defaults.conf"
+export SPARK_CONF_DIR="${SPARK_CONF_DIR:-$repo_root/conf/spark}"
+setting() { awk -v key="$1" '$1 == key { print $2 }' "$defaults"; }
+delta_package="${CAIN_DELTA_PACKAGE:-$(setting spark.jars.packages)}"
 if ! command -v spark-submit >/dev/null 2>&1; then
   echo "spark-submit not found: source scripts/setup_env.sh (pyspark ships it) or install Spark" >&2
   exit 2
@@ -22,14 +34,31 @@ shuffle=()
 if [ -n "${CAIN_SHUFFLE_PARTITIONS:-}" ]; then
   shuffle=(--conf "spark.sql.shuffle.partitions=$CAIN_SHUFFLE_PARTITIONS")
 fi
+# The application script: the first argument that is not a spark-submit option or its value.
+app="" app_index=0 index=0 expect_value=0
+for arg in "$@"; do
+  index=$((index + 1))
+  if [ "$expect_value" = 1 ]; then expect_value=0; continue; fi
+  case "$arg" in
+    --verbose|-v|--supervise|--help|-h|--version) ;;
+    --*=*) ;;
+    -*) expect_value=1 ;;
+    *) app="$arg"; app_index=$index; break ;;
+  esac
+done
+if [ "$(basename "$app")" = "build_sequences.py" ]; then
+  python="${PYSPARK_DRIVER_PYTHON:-${PYSPARK_PYTHON:-python3}}"
+  "$python" "$app" "${@:$((app_index + 1))}" --check >/dev/null || exit $?
+fi
+# Local knobs: only when set (otherwise spark-defaults.conf or the cluster's configuration).
+optional=()
+[ -n "${SPARK_MASTER:-}" ] && optional+=(--master "$SPARK_MASTER")
+[ -n "${CAIN_SPARK_LOG_LEVEL:-}" ] && optional+=(--conf "spark.log.level=$CAIN_SPARK_LOG_LEVEL")
+[ -n "${CAIN_DRIVER_MEMORY:-}" ] && optional+=(--conf "spark.driver.memory=$CAIN_DRIVER_MEMORY")
 exec spark-submit \
-  --master "${SPARK_MASTER:-local[2]}" \
   --packages "$delta_package" \
-  --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
-  --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
-  --conf spark.ui.showConsoleProgress=false \
-  --conf spark.log.level="${CAIN_SPARK_LOG_LEVEL:-WARN}" \
-  --conf spark.driver.memory="${CAIN_DRIVER_MEMORY:-4g}" \
-  --conf spark.databricks.delta.snapshotPartitions="${CAIN_DELTA_SNAPSHOT_PARTITIONS:-2}" \
+  --conf "spark.sql.extensions=$(setting spark.sql.extensions)" \
+  --conf "spark.sql.catalog.spark_catalog=$(setting spark.sql.catalog.spark_catalog)" \
+  ${optional[@]+"${optional[@]}"} \
   ${shuffle[@]+"${shuffle[@]}"} \
   "$@"

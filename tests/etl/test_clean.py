@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from pyspark.sql import Row
 from pyspark.testing import assertDataFrameEqual
@@ -51,7 +53,8 @@ def test_bad_rows_are_quarantined_with_their_reason(spark):
     assert clean.accepted(rows).count() == 0
     assertDataFrameEqual(
         clean.quarantined(rows),
-        [Row(raw=line, reason=reason, run_date=run_date) for line, reason, run_date in BAD_LINES],
+        [Row(raw=line, raw_encoding="utf8", reason=reason, run_date=run_date)
+         for line, reason, run_date in BAD_LINES],
     )
 
 
@@ -61,7 +64,7 @@ def test_exact_duplicates_keep_one_copy_and_count_the_rest(spark):
     assert clean.accepted(rows).count() == 2
     assertDataFrameEqual(
         clean.quarantined(rows),
-        [Row(raw=line, reason="duplicate", run_date=START)] * 2,
+        [Row(raw=line, raw_encoding="utf8", reason="duplicate", run_date=START)] * 2,
     )
 
 
@@ -71,6 +74,22 @@ def test_input_rows_equal_accepted_plus_quarantined(spark, raw_log):
     assert clean.accepted(rows).count() + clean.quarantined(rows).count() == lines.count()
     reasons = {row["reason"] for row in clean.quarantined(rows).select("reason").collect()}
     assert {"duplicate", "malformed_line", "unknown_behavior", "negative_id"} <= reasons
+
+
+def test_invalid_utf8_lines_are_quarantined_with_their_exact_bytes(spark, tmp_path):
+    # Binary input: Spark reads the bytes as a string unchecked; Parquet readers (pyarrow,
+    # delta-rs) refuse a string column that is not UTF-8, so such a line is kept as base64.
+    good = f"1,10,100,pv,{T0}".encode()
+    bad = [b"\xff\xfe,10,100,pv," + str(T0).encode(), b"1,1\x80,100,pv," + str(T0).encode(),
+           b"\x00\xc3(garbage"]
+    path = tmp_path / "binary.csv"
+    path.write_bytes(b"\n".join([good, *bad]) + b"\n")
+    rows = clean.clean(spark.read.text(str(path)), "taobao", BEHAVIORS, START, END, ZONE)
+    assert clean.accepted(rows).count() == 1
+    quarantined = clean.quarantined(rows).collect()
+    assert {row["reason"] for row in quarantined} == {"invalid_utf8"}
+    assert {row["raw_encoding"] for row in quarantined} == {"base64"}
+    assert sorted(base64.b64decode(row["raw"]) for row in quarantined) == sorted(bad)
 
 
 def test_run_dates_partition_the_rows(spark):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from pyspark.sql import Row
-from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from etl import negatives, profiles, protocols, timelines
-from etl.config import Sampling, load_config
+from etl import negatives, profiles, protocols
+from etl.config import load_config
+from etl.sampling import DayPool
+from etl.sequences import EventChunk, SampleSpec, process
 
 pytestmark = pytest.mark.spark
 EVENTS = "user_id long, item_id long, category_id long, behavior int, ts long, " \
@@ -22,44 +24,58 @@ def events(spark, *rows):
     return spark.createDataFrame(list(rows), EVENTS)
 
 
-def test_last_n_keeps_short_arrays_whole(spark):
-    # slice(arr, -n, n) would return [] for the first two rows.
-    frame = spark.createDataFrame([([1],), ([1, 2, 3],), ([1, 2, 3, 4, 5],), ([],)], "a array<int>")
-    result = frame.select(timelines.last_n(F.col("a"), 3).alias("a"))
-    assertDataFrameEqual(result, [Row(a=[1]), Row(a=[1, 2, 3]), Row(a=[3, 4, 5]), Row(a=[])])
+def chunk(*rows) -> EventChunk:
+    """Events (user, item, category, behavior, ts, date), sorted as the Arrow UDF gets them."""
+    rows = sorted(rows, key=lambda r: (r[0], r[4], r[1], r[3], r[2]))
+    columns = list(zip(*rows, strict=True))
+    return EventChunk(np.array(columns[0]), np.array(columns[1]), np.array(columns[2]),
+                      np.array(columns[3], dtype=np.int32), np.array(columns[4]),
+                      np.zeros(len(rows), dtype=np.float32), np.array(columns[5]))
 
 
-def test_user_days_split_history_at_the_day_boundary(spark):
-    log = events(
-        spark,
-        (1, 10, 100, 1, 30, None, D1), (1, 11, 100, 1, 20, None, D1),
-        (1, 12, 101, 1, 90, None, D2), (1, 13, 101, 4, 95, None, D3),
-    )
-    days = log.transform(timelines.user_histories, D3).transform(timelines.user_days, D2, D3)
-    result = days.select(
-        "date",
-        F.transform("prior", lambda e: e["item_id"]).alias("prior"),
-        F.transform("day", lambda e: e["item_id"]).alias("day"),
-    )
-    assertDataFrameEqual(
-        result,
-        [Row(date=D2, prior=[11, 10], day=[12]), Row(date=D3, prior=[11, 10, 12], day=[13])],
-    )
+def spec(first=D1, last=D3, max_len=10, top=3, **protocol) -> SampleSpec:
+    values = dict(requests="positive", negatives=0, draws=0, uniform=False,
+                  exclude_history=False, history_fraction=0.0, replace_probability=0.0)
+    values.update(protocol)
+    return SampleSpec(first_date=first, last_date=last, max_len=max_len, top_categories=top,
+                      behaviors=4, positive_code=1, with_watch_time=False, seed=1, **values)
 
 
-def test_profile_counts_only_earlier_days(spark):
-    log = events(
-        spark,
-        (1, 10, 7, 1, 10, None, D1), (1, 11, 7, 4, 11, None, D1), (1, 12, 8, 1, 12, None, D1),
-        (1, 13, 9, 1, 90, None, D2), (1, 14, 9, 1, 91, None, D2),
-    )
-    days = log.transform(timelines.user_histories, D2).transform(timelines.user_days, D2, D2)
-    result = days.transform(profiles.with_profile, ("pv", "cart", "fav", "buy"), 1, False)
-    row = result.select("profile_dense", "profile_top_category").first()
+def test_timeline_keeps_the_last_max_len_events_before_the_day_then_the_day():
+    # Before: slice(arr, -n, n) returned [] for a history shorter than n (kept as a property).
+    log = chunk(*[(1, 10 + t, 7, 1, t, D1) for t in range(5)], (1, 30, 7, 1, 100, D2),
+                (2, 40, 7, 1, 50, D2))
+    rows = {(r["user_id"], r["date"]): r for r in process(log, spec(max_len=3), None).to_pylist()}
+    assert rows[(1, D2)]["timeline_item_id"] == [12, 13, 14, 30]  # last 3 before, then the day
+    assert rows[(2, D2)]["timeline_item_id"] == [40]  # a short history stays whole
+    assert rows[(1, D1)]["timeline_item_id"] == [10, 11, 12, 13, 14]
+
+
+def test_user_days_split_history_at_the_day_boundary():
+    log = chunk((1, 10, 100, 1, 30, D1), (1, 11, 100, 1, 20, D1), (1, 12, 101, 1, 90, D2),
+                (1, 13, 101, 4, 95, D3), (1, 14, 101, 1, 96, D3))
+    rows = {r["date"]: r for r in process(log, spec(first=D2), None).to_pylist()}
+    assert set(rows) == {D2, D3}  # D1 is before the run's first day
+    assert rows[D2]["timeline_item_id"] == [11, 10, 12]
+    assert rows[D3]["timeline_item_id"] == [11, 10, 12, 13, 14]
+    assert rows[D3]["request_ts"] == [96] and rows[D3]["request_history_end"] == [4]
+
+
+def test_profile_counts_only_earlier_days():
+    log = chunk((1, 10, 7, 1, 10, D1), (1, 11, 7, 4, 11, D1), (1, 12, 8, 1, 12, D1),
+                (1, 13, 9, 1, 90, D2), (1, 14, 9, 1, 91, D2))
+    row = process(log, spec(first=D2, last=D2, top=1), None).to_pylist()[0]
     assert row["profile_top_category"] == [7]  # category 9 is the sample day's own
     # pv, cart, fav, buy, events, active days, distinct categories — before the day only.
     expected = [math.log1p(value) for value in (2, 0, 0, 1, 3, 1, 2)]
     assert row["profile_dense"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_requests_at_the_same_time_share_a_history_end():
+    log = chunk((1, 10, 7, 1, 10, D1), (1, 11, 7, 1, 20, D1), (1, 12, 7, 1, 20, D1),
+                (1, 13, 7, 2, 30, D1))
+    row = process(log, spec(), None).to_pylist()[0]
+    assert row["request_ts"] == [10, 20, 20] and row["request_history_end"] == [0, 1, 1]
 
 
 def test_demographics_follow_the_given_field_order(spark):
@@ -73,18 +89,30 @@ def test_demographics_follow_the_given_field_order(spark):
     )
 
 
-def test_pool_uses_only_items_seen_before_the_day(spark):
-    log = events(
-        spark,
-        (1, 10, 7, 1, 10, None, D1), (2, 10, 7, 1, 11, None, D1), (2, 11, 8, 1, 12, None, D1),
-        (1, 99, 9, 1, 90, None, D2),
+def test_pool_is_the_days_events_before_the_request():
+    """The pool of a request at t on day D: day D's events (any user, any behavior) with ts < t.
+    Before: the items of the days before D, quantised into 65,536 slots."""
+    # Day D's events: item 10 twice (a popular item), 11 once, 12 at t = 50 (not before 50).
+    pool = DayPool.from_events(
+        ts=np.array([10, 20, 30, 50]), user=np.array([1, 2, 3, 1]), item=np.array([10, 11, 10, 12]),
+        behavior=np.array([1, 1, 4, 1]), category=np.array([7, 8, 7, 9]),
     )
-    dates = spark.createDataFrame([(D2,)], "date string")
-    pool = negatives.item_pool(log, dates, Sampling.POPULARITY, 30, seed=1)
-    slots = {row["item_id"]: row["count"] for row in pool.groupBy("item_id").count().collect()}
-    assert slots == {10: 20, 11: 10}  # item 99 appears only on the day itself
-    uniform = negatives.item_pool(log, dates, Sampling.UNIFORM, 30, seed=1)
-    assert sorted(r["count"] for r in uniform.groupBy("item_id").count().collect()) == [15, 15]
+    requests = 4000
+    user, item = np.arange(requests), np.full(requests, 99)
+    ts = np.full(requests, 50)
+    items, categories = pool.draw(user, ts, item, 5, uniform=False, seed=1)
+    assert set(items.ravel()) == {10, 11}  # 12 happens at t, not before
+    assert abs((items == 10).mean() - 2 / 3) < 0.02  # exact popularity: 2 of 3 pool events
+    assert set(zip(items.ravel(), categories.ravel(), strict=True)) == {(10, 7), (11, 8)}
+    distinct, _ = pool.draw(user, ts, item, 5, uniform=True, seed=1)
+    assert abs((distinct == 10).mean() - 1 / 2) < 0.02  # uniform over distinct items
+    first, _ = pool.draw(user[:3], np.array([10, 11, 21]), item[:3], 5, uniform=False, seed=1)
+    assert (first[0] == -1).all()  # the day's first event: an empty pool
+    assert set(first[1]) == {10} and set(first[2]) <= {10, 11}
+    again, _ = pool.draw(user, ts, item, 5, uniform=False, seed=1)
+    assert (again == items).all()  # a hash of (seed, user, ts, item, j): deterministic
+    other, _ = pool.draw(user, ts, item, 5, uniform=False, seed=2)
+    assert (other != items).any()
 
 
 @pytest.mark.parametrize("preset", ["cain", "dare", "eta_sdim", "ubr4ctr", "mimn_sim"])
@@ -95,19 +123,12 @@ def test_protocol_presets_build_samples(spark, preset):
              None, date) for user in (1, 2, 3) for day, date in enumerate((D1, D2, D3))
             for t in range(6)]
     log = events(spark, *rows)
-    days = (
-        log.transform(timelines.user_histories, D3)
-        .transform(timelines.user_days, D1, D3)
-        .transform(protocols.with_requests, protocol, 1)
-        .transform(profiles.with_profile, config.source.behaviors, 3, False)
-        .transform(profiles.with_demographics, None, ())
-    )
-    requests = days.transform(protocols.request_rows)
-    pool = negatives.item_pool(log, requests.select("date"), protocol.sampling, 64, config.seed)
-    draws = negatives.draw_items(requests, pool, protocol.draws_per_request, 64, config.seed)
-    samples = protocols.to_samples(days, draws, protocol, 1, 10, config.seed).transform(
-        protocols.with_split, protocol, D2
-    )
+    pools = None
+    if protocol.draws_per_request:
+        pools = spark.sparkContext.broadcast(negatives.collect_pools(log, D1, D3))
+    samples = log.transform(
+        protocols.samples, pools, protocols.sample_spec(config, D1, D3), 2
+    ).transform(protocols.with_split, protocol, D2)
     result = samples.collect()
     assert result, preset
     for row in result:
@@ -123,9 +144,8 @@ def test_protocol_presets_build_samples(spark, preset):
         # A tiny pool may hold fewer than k unseen items; a request keeps at least one negative.
         assert all(2 <= n <= per_request for r in result for n in r["request_num_candidates"])
         assert all(r["candidate_label"].count(1) == len(r["request_ts"]) for r in result)
-        # Day 1 has an empty pool; only ubr4ctr can draw from the user's own earlier events.
-        expected_days = {D1, D2, D3} if preset == "ubr4ctr" else {D2, D3}
-        assert {r["date"] for r in result} == expected_days
+        # Every day has samples: a request's pool is its own day's earlier events.
+        assert {r["date"] for r in result} == {D1, D2, D3}
 
 
 def test_stage_progress_reports_the_running_stage(spark):
