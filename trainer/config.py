@@ -63,6 +63,8 @@ class DataConfig:
     root: directory holding `feature_spec.json` and the Delta tables (the ETL's `--output`).
     train_split / test_split: values of the `split` column.
     version: Delta table version to read (time travel); None reads the latest.
+    max_len: cap each request's history at its last max_len events (L of the models); None (or
+        a value above it) keeps the feature spec's max_len, the ETL's --max-len.
     read_rows: rows per Arrow record batch read from Parquet (memory per read).
     shuffle_buffer_rows: rows (user-days) shuffled together; memory is bounded by this.
     prefetch_batches: batches a background thread builds ahead of the training loop.
@@ -72,12 +74,15 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     version: int | None = None
+    max_len: int | None = None
     read_rows: int = 256
     shuffle_buffer_rows: int = 1024
     prefetch_batches: int = 4
 
     def __post_init__(self) -> None:
         _check_positive(self, ("read_rows", "shuffle_buffer_rows", "prefetch_batches"), "data")
+        if self.max_len is not None and self.max_len < 1:
+            raise ConfigError(f"data.max_len: must be >= 1 or null, got {self.max_len}")
 
 
 @dataclass(frozen=True)

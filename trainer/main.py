@@ -90,6 +90,14 @@ def _fault_injection(group: ProcessGroup, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def capped_history(spec: FeatureSpec, max_len: int | None) -> FeatureSpec:
+    """The spec with histories cut to their last max_len events (data.max_len); the spec's
+    max_len is the only history cap the batches and models read."""
+    if max_len is None or max_len >= spec.max_len:
+        return spec
+    return dataclasses.replace(spec, max_len=max_len, short_len=min(spec.short_len, max_len))
+
+
 def train(config: Config) -> dict[str, Any]:
     """Train config.model.name on config.data.root and evaluate; returns the metrics dict."""
     group = init_process_group(config.train.backend)
@@ -101,7 +109,7 @@ def train(config: Config) -> dict[str, Any]:
         (run_dir / "config.yaml").write_text(config.to_yaml())
 
     # Data contract and model.
-    spec = FeatureSpec.read(config.data.root)
+    spec = capped_history(FeatureSpec.read(config.data.root), config.data.max_len)
     model_config = resolve_config(config.model.name, config.model.options)
     layout = table_layout(spec, model_config.max_table_rows)
     # The sparse arch on the meta device: DMP materialises only this rank's shards.

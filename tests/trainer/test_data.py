@@ -283,3 +283,19 @@ def test_rebuilt_tables_give_the_same_batches(tmp_path):
     for one, other in zip(first.batches(), second.batches(), strict=True):
         assert torch.equal(one.labels, other.labels)
         assert torch.equal(one.user_ids, other.user_ids)
+
+
+def test_data_max_len_keeps_the_last_events_of_each_history(tiny_data):
+    from trainer.main import capped_history
+
+    spec = FeatureSpec.read(tiny_data)
+    capped = capped_history(spec, 4)
+    assert capped.max_len == 4 and capped.short_len <= 4
+    assert capped_history(spec, None) is spec and capped_history(spec, spec.max_len + 1) is spec
+    pieces = rank_share(SamplesTable.open(tiny_data, spec).files("train"), 0, 1)
+    table = pa.concat_tables(read_pieces(pieces, 64))
+    full, cut = request_block(table, spec), request_block(table, capped)
+    full_lengths = full.history_end - full.history_begin
+    assert (cut.history_end == full.history_end).all()  # same end: the most recent events
+    assert ((cut.history_end - cut.history_begin) == np.minimum(full_lengths, 4)).all()
+    assert full_lengths.max() > 4  # the cap did cut
