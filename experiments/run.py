@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,7 +102,11 @@ def finished_metrics(directory: Path) -> dict | None:
 
 
 def launch(arguments: list[str], directory: Path, nproc: int, timeout: int) -> int:
-    """One torchrun of trainer/main.py; its output goes to DIRECTORY/train.log."""
+    """One torchrun of trainer/main.py; its output goes to DIRECTORY/train.log.
+
+    torchrun runs in a session of its own: on a timeout, Ctrl-C or an error here its whole
+    process group (the launcher and every rank) is stopped, so no rank outlives the runner.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     environment["PYTHONPATH"] = os.pathsep.join(
@@ -119,19 +124,37 @@ def launch(arguments: list[str], directory: Path, nproc: int, timeout: int) -> i
     with (directory / "train.log").open("w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            process = subprocess.run(
-                command,
-                cwd=REPO_ROOT,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-            )
+            return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            log.write(f"\n[experiments] killed after {timeout} s\n")
+            stop_group(process)
+            log.write(f"\n[experiments] stopped after {timeout} s\n")
             return 124
-    return process.returncode
+        except BaseException:
+            stop_group(process)
+            raise
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the run's process group, SIGKILL if it is still there after 30 s."""
+    for stop_signal, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, stop_signal)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def minutes(seconds: float) -> str:
@@ -301,6 +324,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
 
 def main(argv: list[str] | None = None) -> int:
     suite, settings = parse_arguments(argv)
+    # `kill RUNNER` stops the current run's process group too (launch's cleanup).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(
         f"[experiments] {suite.name}: {len(suite.variants)} variants x {len(settings.seeds)} "
         f"seeds -> {settings.output}",

@@ -129,3 +129,14 @@ def test_cli_arguments_build_the_settings(tmp_path):
     assert arguments[arguments.index("--model") + 1] == "lap_tcn"
     assert "data.max_len=64" in arguments and "train.seed=2" in arguments
     assert arguments[-1] == "model.embedding_dim=32"  # user overrides win
+
+
+def test_a_run_past_its_timeout_is_stopped_with_every_rank(data, tmp_path):
+    import subprocess
+
+    directory = tmp_path / "slow"
+    arguments = ["--data", str(data), "--model", "lap", "--output", str(directory), *TINY]
+    assert run.launch(arguments, directory, nproc=2, timeout=3) == 124
+    assert "stopped after 3 s" in (directory / "train.log").read_text()
+    left = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
+    assert left.stdout == ""  # neither torchrun nor a rank outlives the runner
