@@ -3,12 +3,14 @@
     report = SuiteReport.from_runs(suite, runs)     # runs: RunResult per (variant, seed)
     report.to_markdown(header_lines); report.plot(path)
 
-For every variant and metric (AUC, GAUC, logloss): mean ± standard deviation over seeds (sample
-std, n - 1), and the *paired* difference to its reference variant (the suite's baseline, or the
-variant's own reference) run with the same seed: variant - reference per seed, then mean ± std of
-those differences. The difference **exceeds the seed spread** when |mean difference| is larger
-than the seed spread, the larger of the two variants' standard deviations over seeds: a gain
-smaller than what changing the seed alone does is not told apart from noise. With fewer than two
+For every variant and metric (AUC, GAUC, logloss; on planted data also the AUC on the
+target impressions, overall and per user type, when every run has it): mean ± standard
+deviation over seeds (sample std, n - 1), and the *paired* difference to its reference variant
+(the suite's baseline, or the variant's own reference) run with the same seed: variant -
+reference per seed, then mean ± std of those differences. The difference **exceeds the seed
+spread** when |mean difference| is larger than the seed spread, the larger of the two variants'
+standard deviations over seeds: a gain smaller than what changing the seed alone does is not
+told apart from noise. With fewer than two
 paired seeds there is no spread and the answer is "n/a".
 """
 
@@ -22,7 +24,16 @@ from typing import Any
 from experiments.suites import Suite
 
 METRICS = ("auc", "gauc", "logloss")
-METRIC_TITLES = {"auc": "AUC", "gauc": "GAUC", "logloss": "logloss"}
+# On planted data (experiments/planted_metrics.py), when every run has them.
+PLANTED_METRICS = ("target_auc", "target_auc_active", "target_auc_casual")
+METRIC_TITLES = {
+    "auc": "AUC",
+    "gauc": "GAUC",
+    "logloss": "logloss",
+    "target_auc": "target AUC",
+    "target_auc_active": "target AUC active",
+    "target_auc_casual": "target AUC casual",
+}
 
 
 @dataclass(frozen=True)
@@ -127,14 +138,17 @@ class VariantSummary:
 class SuiteReport:
     suite: Suite
     variants: tuple[VariantSummary, ...]
+    metric_names: tuple[str, ...] = METRICS
 
     @staticmethod
     def from_runs(suite: Suite, runs: list[RunResult]) -> SuiteReport:
+        planted = [m for m in PLANTED_METRICS if runs and all(m in r.metrics for r in runs)]
+        metric_names = (*METRICS, *planted)
         values: dict[str, dict[str, dict[int, float]]] = {
-            variant.name: {metric: {} for metric in METRICS} for variant in suite.variants
+            variant.name: {metric: {} for metric in metric_names} for variant in suite.variants
         }
         for run in runs:
-            for metric in METRICS:
+            for metric in metric_names:
                 values[run.variant][metric][run.seed] = float(run.metrics[metric])
         summaries = []
         for variant in suite.variants:
@@ -144,7 +158,7 @@ class SuiteReport:
             if reference != variant.name:
                 comparisons = {
                     metric: paired_comparison(mine[metric], values[reference][metric], reference)
-                    for metric in METRICS
+                    for metric in metric_names
                 }
             summaries.append(
                 VariantSummary(
@@ -153,14 +167,19 @@ class SuiteReport:
                     overrides=variant.overrides,
                     x=variant.x,
                     seeds=tuple(sorted(mine["auc"])),
-                    metrics={metric: Spread.of(list(mine[metric].values())) for metric in METRICS},
+                    metrics={
+                        metric: Spread.of(list(mine[metric].values())) for metric in metric_names
+                    },
                     comparisons=comparisons,
                 )
             )
-        return SuiteReport(suite, tuple(summaries))
+        return SuiteReport(suite, tuple(summaries), metric_names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variants": [summary.to_dict() for summary in self.variants]}
+        return {
+            "metrics": list(self.metric_names),
+            "variants": [summary.to_dict() for summary in self.variants],
+        }
 
     def to_markdown(self, header: list[str]) -> str:
         """The table: header lines (data, sizes, seeds) first, then one row per variant."""
@@ -173,8 +192,8 @@ class SuiteReport:
             "",
         ]
         columns = ["variant", "model", "overrides", "seeds"]
-        columns += [METRIC_TITLES[metric] for metric in METRICS]
-        columns += ["reference"] + [f"Δ{METRIC_TITLES[metric]}" for metric in METRICS]
+        columns += [METRIC_TITLES[metric] for metric in self.metric_names]
+        columns += ["reference"] + [f"Δ{METRIC_TITLES[metric]}" for metric in self.metric_names]
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "---|" * len(columns))
         for summary in self.variants:
@@ -184,12 +203,12 @@ class SuiteReport:
                 " ".join(f"`{o}`" for o in summary.overrides) or "–",
                 str(len(summary.seeds)),
             ]
-            cells += [summary.metrics[metric].format() for metric in METRICS]
+            cells += [summary.metrics[metric].format() for metric in self.metric_names]
             if summary.comparisons is None:
-                cells += ["(baseline)"] + ["–"] * len(METRICS)
+                cells += ["(baseline)"] + ["–"] * len(self.metric_names)
             else:
                 cells.append(summary.comparisons["auc"].reference)
-                for metric in METRICS:
+                for metric in self.metric_names:
                     comparison = summary.comparisons[metric]
                     verdict = {True: "**yes**", False: "no", None: "n/a"}[
                         comparison.exceeds_seed_spread
@@ -211,8 +230,9 @@ class SuiteReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
-        for axis, metric in zip(axes, METRICS, strict=True):
+        shown = [m for m in self.metric_names if m in (*METRICS, "target_auc")]
+        figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.4))
+        for axis, metric in zip(axes, shown, strict=True):
             xs = [s.x for s in points]
             means = [s.metrics[metric].mean for s in points]
             errors = [

@@ -9,6 +9,8 @@ seed) is one `torchrun trainer/main.py` subprocess (OMP_NUM_THREADS=1 per proces
 time) writing DIR/VARIANT/seed_S/ (metrics.json, config.yaml, train.log); seeds are 1..N
 (`train.seed`). A run whose metrics.json exists is skipped, so an interrupted suite resumes
 where it stopped. Each run prints a progress line with its metrics, the elapsed time and an ETA.
+With --planted RAW/planted.json (planted data) each run
+also gets its AUC on the target impressions (experiments/planted_metrics.py, in the table too).
 At the end (and after every run) DIR/results.json, DIR/results.md (the table of
 experiments/report.py) and, for figure suites, DIR/SUITE.png are written. Failed runs are listed
 and make the exit code 1; the others still run.
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.feature_spec import FeatureSpec
+from experiments import planted_metrics
 from experiments.report import RunResult, SuiteReport
 from experiments.suites import SUITES, Suite, Variant
 
@@ -50,6 +53,8 @@ class RunSettings:
     overrides: trainer key=value overrides applied after everything else.
     nproc: processes per run (torchrun --nproc_per_node).
     timeout: seconds one run may take.
+    planted_design: planted.json of the raw log (planted data): each run also gets the AUC on
+        the target impressions (experiments/planted_metrics.py).
     """
 
     data: Path
@@ -60,6 +65,7 @@ class RunSettings:
     overrides: tuple[str, ...] = ()
     nproc: int = 2
     timeout: int = 6 * 3600
+    planted_design: Path | None = None
 
 
 def run_directory(settings: RunSettings, variant: Variant, seed: int) -> Path:
@@ -157,6 +163,43 @@ def stop_group(process: subprocess.Popen) -> None:
             continue
 
 
+def with_planted_metrics(directory: Path, metrics: dict, settings: RunSettings) -> dict | None:
+    """metrics plus the run's target AUCs (computed once, in a subprocess, then read back);
+    None when they cannot be computed (see DIRECTORY/planted_metrics.log)."""
+    if settings.planted_design is None:
+        return metrics
+    path = directory / planted_metrics.RESULT_FILE
+    if not path.exists():
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.planted_metrics",
+            "--run",
+            str(directory),
+            "--data",
+            str(settings.data),
+            "--design",
+            str(settings.planted_design),
+        ]
+        with (directory / "planted_metrics.log").open("w") as log:
+            subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=settings.timeout,
+            )
+        if not path.exists():
+            return None
+    planted = json.loads(path.read_text())
+    return {**metrics, **{name: planted[name] for name in planted_metrics.PLANTED_METRICS}}
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -243,6 +286,11 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
         label = f"[{index}/{len(plan)}] {suite.name} {variant.name} seed {seed}"
         metrics = finished_metrics(directory)
         if metrics is not None:
+            metrics = with_planted_metrics(directory, metrics, settings)
+            if metrics is None:
+                failed.append(f"{variant.name}/seed_{seed} (planted metrics)")
+                log(f"{label}: finished earlier; planted metrics FAILED")
+                continue
             runs.append(RunResult(variant.name, seed, metrics))
             log(f"{label}: skipped, finished earlier (auc={metrics['auc']:.4f})")
             continue
@@ -268,10 +316,16 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
             failed.append(f"{variant.name}/seed_{seed}")
             log(f"{label}: FAILED (exit {code}, log {directory / 'train.log'}) in {timing}")
             continue
+        metrics = with_planted_metrics(directory, metrics, settings)
+        if metrics is None:
+            failed.append(f"{variant.name}/seed_{seed} (planted metrics)")
+            log(f"{label}: planted metrics FAILED ({directory / 'planted_metrics.log'})")
+            continue
         runs.append(RunResult(variant.name, seed, metrics))
+        target = f" target_auc={metrics['target_auc']:.4f}" if "target_auc" in metrics else ""
         log(
             f"{label}: auc={metrics['auc']:.4f} gauc={metrics['gauc']:.4f} "
-            f"logloss={metrics['logloss']:.4f} in {timing}"
+            f"logloss={metrics['logloss']:.4f}{target} in {timing}"
         )
         write_results(suite, settings, runs, failed)
     return runs, failed
@@ -298,6 +352,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
     parser.add_argument("--max-steps", type=int, help="train.max_steps (0: whole epochs)")
     parser.add_argument("--nproc", type=int, default=2, help="processes per run")
     parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per run")
+    parser.add_argument(
+        "--planted",
+        help="planted.json of the raw log: also report the AUC on "
+        "the target impressions (experiments/planted_metrics.py)",
+    )
     parser.add_argument("overrides", nargs="*", help="trainer key=value, applied last")
     arguments = parser.parse_intermixed_args(argv)
     if arguments.seeds < 1 or arguments.nproc < 1:
@@ -318,6 +377,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
         overrides=tuple(overrides),
         nproc=arguments.nproc,
         timeout=arguments.timeout,
+        planted_design=Path(arguments.planted).resolve() if arguments.planted else None,
     )
     return suite, settings
 

@@ -140,3 +140,40 @@ def test_a_run_past_its_timeout_is_stopped_with_every_rank(data, tmp_path):
     assert "stopped after 3 s" in (directory / "train.log").read_text()
     left = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
     assert left.stdout == ""  # neither torchrun nor a rank outlives the runner
+
+
+def test_planted_metrics_score_exactly_the_target_candidates(data, tmp_path):
+    from deltalake import DeltaTable
+
+    from experiments import planted_metrics
+
+    rows = DeltaTable(str(data / "samples")).to_pyarrow_table().to_pylist()
+    test_items = [
+        (row["user_id"], item, label)
+        for row in rows
+        if row["split"] == "test"
+        for item, label in zip(row["candidate_item_id"], row["candidate_label"], strict=True)
+    ]
+    positives = sorted({item for _, item, label in test_items if label == 1})
+    targets = set(positives[:40])  # "targets": items with a click, so both labels occur
+    design = tmp_path / "planted.json"
+    design.write_text(
+        json.dumps(
+            {
+                "strength": 0.4,
+                "pairs": [{"first": 0, "second": 0, "target": item} for item in sorted(targets)],
+                "active_users": list(range(1, 13)),
+            }
+        )
+    )
+    directory = tmp_path / "run"
+    arguments = ["--data", str(data), "--model", "lap", "--output", str(directory), *TINY]
+    assert run.launch(arguments, directory, nproc=1, timeout=300) == 0
+    settings_ = run.RunSettings(data=data, output=tmp_path, seeds=(1,), planted_design=design)
+    metrics = run.with_planted_metrics(directory, {"auc": 0.5}, settings_)
+    result = json.loads((directory / planted_metrics.RESULT_FILE).read_text())
+    chosen = [(user, label) for user, item, label in test_items if item in targets]
+    assert result["target_auc_samples"] == len(chosen)
+    assert result["target_auc_active_samples"] == sum(user <= 12 for user, _ in chosen)
+    assert 0.0 <= result["target_auc"] <= 1.0
+    assert metrics["target_auc"] == result["target_auc"] and metrics["auc"] == 0.5
