@@ -9,28 +9,27 @@ values. One mechanism for the ETL (etl/config.py), the trainer (trainer/config.p
 `build` turns nested mappings into (frozen) dataclasses and converts every value to its field's
 annotated type with one set of rules:
 
-| annotation | accepts |
-|---|---|
-| bool | true / false, or the strings true, false, yes, no, 1, 0 |
-| int | an integer (not a bool), or a string of digits (`1_000` too) |
-| float | any number, or a numeric string |
-| str | a string; a number or a YAML date is written as text |
-| Enum | a member's value or name, case-insensitive |
-| tuple[X, ...], list[X] | a list or tuple of X |
-| dict | a mapping, kept as is |
-| X \\| None | null / None (YAML `null`, the strings null and none), or an X |
-| a dataclass | a mapping of its fields |
+- bool: true / false, or the strings true, false, yes, no, 1, 0;
+- int: an integer (not a bool), or a string of digits (`1_000` too);
+- float: any number, or a numeric string;
+- str: a string; a number or a YAML date is written as text;
+- Enum: a member's value or name, case-insensitive;
+- tuple[X, ...], list[X]: a list or tuple of X;
+- dict: a mapping, kept as is;
+- X | None: null / None (YAML `null`, the strings null and none), or an X;
+- a dataclass: a mapping of its fields.
 
-An unknown key raises `ConfigError` naming it with its full dotted path and listing the known
-ones; a bad value names its key; a missing required field and a dataclass's own `__post_init__`
-check (ValueError) become `ConfigError` too. Later presets win over earlier ones, overrides over
-presets, and nested mappings merge key by key.
+An unknown key raises `ConfigError` naming it with its full dotted path and the closest known
+key (or all known keys when none is close); a bad value names its key; a missing required field
+and a dataclass's own `__post_init__` check (ValueError) become `ConfigError` too. Later presets
+win over earlier ones, overrides over presets, and nested mappings merge key by key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import enum
 import types
 import typing
@@ -106,9 +105,14 @@ def build(cls: type, values: Mapping[str, Any], origin: str = "config", prefix: 
     known = [field.name for field in dataclasses.fields(cls) if field.init]
     unknown = sorted(set(values) - set(known))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = (
+            f"did you mean {prefix}{close[0]}?"
+            if close
+            else "known: " + ", ".join(f"{prefix}{name}" for name in known)
+        )
         raise ConfigError(
-            f"{origin}: unknown key {prefix}{_leaf(unknown[0], values[unknown[0]])}; known: "
-            + ", ".join(f"{prefix}{name}" for name in known)
+            f"{origin}: unknown key {prefix}{_leaf(unknown[0], values[unknown[0]])} ({hint})"
         )
     converted = {
         name: coerce(value, hints[name], f"{prefix}{name}", origin)

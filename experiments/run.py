@@ -16,7 +16,8 @@ experiments/report.py) and, for figure suites, DIR/SUITE.png are written. Failed
 and make the exit code 1; the others still run.
 
 Run settings, later ones winning: conf/train/default.yaml (or the --config presets), the suite's
-sizes, the variant's model overrides, data.max_len = L (the suite's default unless --max-len),
+sizes, the variant's model overrides, data.max_history = L (the suite's default unless --max-len;
+at most the tables' max_len),
 train.seed, quiet logging and a checkpoint only at the end, --epochs / --max-steps, then the
 trailing key=value overrides (e.g. model.embedding_dim=64 for bigger runs).
 """
@@ -49,7 +50,7 @@ class RunSettings:
     output: the suite's directory (one subdirectory per variant and seed).
     seeds: train.seed values.
     configs: trainer YAML presets (default: conf/train/default.yaml).
-    max_len: L, data.max_len of every run (None: the suite's).
+    max_len: L, data.max_history of every run (None: the suite's), at most the tables' max_len.
     overrides: trainer key=value overrides applied after everything else.
     nproc: processes per run (torchrun --nproc_per_node).
     timeout: seconds one run may take.
@@ -72,10 +73,15 @@ def run_directory(settings: RunSettings, variant: Variant, seed: int) -> Path:
     return settings.output / variant.name / f"seed_{seed}"
 
 
+def history_length(suite: Suite, settings: RunSettings, tables_max_len: int) -> int:
+    """L: the requested history length, cut to what the tables hold (the ETL's --max-len)."""
+    return min(settings.max_len or suite.max_len, tables_max_len)
+
+
 def trainer_arguments(
-    suite: Suite, variant: Variant, seed: int, settings: RunSettings
+    suite: Suite, variant: Variant, seed: int, settings: RunSettings, tables_max_len: int
 ) -> list[str]:
-    """The arguments of trainer/main.py for one run."""
+    """The arguments of trainer/main.py for one run; tables_max_len: the feature spec's max_len."""
     arguments = [
         "--data",
         str(settings.data),
@@ -90,7 +96,7 @@ def trainer_arguments(
         *arguments,
         *suite.overrides,
         *variant.overrides,
-        f"data.max_len={settings.max_len or suite.max_len}",
+        f"data.max_history={history_length(suite, settings, tables_max_len)}",
         f"train.seed={seed}",
         "train.progress=false",
         "train.checkpoint_every=0",
@@ -208,7 +214,7 @@ def header_lines(suite: Suite, settings: RunSettings) -> list[str]:
     """What the table was measured on: data, L, sizes, seeds, processes."""
     spec = FeatureSpec.read(str(settings.data))
     max_len = settings.max_len or suite.max_len
-    effective = min(max_len, spec.max_len)
+    effective = history_length(suite, settings, spec.max_len)
     configs = ", ".join(
         str(Path(c).relative_to(REPO_ROOT)) if Path(c).is_relative_to(REPO_ROOT) else str(c)
         for c in settings.configs
@@ -217,7 +223,7 @@ def header_lines(suite: Suite, settings: RunSettings) -> list[str]:
         f"data: `{settings.data}` (source {spec.source}, protocol {spec.protocol}; "
         f"{spec.splits['train'].samples if 'train' in spec.splits else '?'} train / "
         f"{spec.splits['test'].samples if 'test' in spec.splits else '?'} test samples)",
-        f"history length L = {effective} (data.max_len={max_len}; the tables hold "
+        f"history length L = {effective} (data.max_history; requested {max_len}, the tables hold "
         f"{spec.max_len}), short-term window {min(spec.short_len, effective)}",
         f"sizes: {' '.join(f'`{o}`' for o in suite.overrides)} on top of {configs}"
         + (
@@ -277,6 +283,7 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
     """Every (variant, seed) of the suite, seed-major so that early results pair up; returns the
     finished runs and the names of the failed ones."""
     plan = [(variant, seed) for seed in settings.seeds for variant in suite.variants]
+    tables_max_len = FeatureSpec.read(str(settings.data)).max_len
     runs: list[RunResult] = []
     failed: list[str] = []
     started = time.monotonic()
@@ -296,7 +303,7 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
             continue
         run_start = time.monotonic()
         code = launch(
-            trainer_arguments(suite, variant, seed, settings),
+            trainer_arguments(suite, variant, seed, settings, tables_max_len),
             directory,
             settings.nproc,
             settings.timeout,

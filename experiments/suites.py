@@ -7,7 +7,7 @@ variant an x value for the plot.
 
 Default sizes fit the 2-core development machine (docs/experiments.md): the laptop model of
 conf/train/default.yaml (16-dim embeddings, MLP 128-64), one epoch, and histories cut to the last
-`max_len` = 128 events (`data.max_len`). 128 covers the planted far window (lags 60-120 plus the
+`max_len` = 128 events (`data.max_history`). 128 covers the planted far window (lags 60-120 plus the
 window of 3, etl/planted_context.py) while keeping the costliest extractors affordable: the
 bidirectional GRU of Table 1 takes over 60 s per 256-sample step at L = 1000 on 2 cores
 (docs/models.md). `python -m experiments.run --max-len`, `--config`, `--epochs` and overrides
@@ -52,7 +52,7 @@ class Suite:
     baseline: name of the variant the others are compared with by default.
     variants: the runs of one seed.
     overrides: trainer overrides shared by every run (sizes).
-    max_len: L, the history length every run reads (`data.max_len`).
+    max_len: L, the history length every run reads (`data.max_history`).
     x_label: the x axis of a figure suite; None for a table.
     """
 

@@ -102,8 +102,11 @@ class RequestBlock:
         return int(self.request_row.shape[0])
 
 
-def request_block(table: pa.Table, spec: FeatureSpec) -> RequestBlock:
-    """Convert rows of the samples table to a RequestBlock, checking the row invariants."""
+def request_block(table: pa.Table, spec: FeatureSpec, max_len: int | None = None) -> RequestBlock:
+    """Convert rows of the samples table to a RequestBlock, checking the row invariants.
+
+    max_len: the longest history a request keeps (its most recent events); default the spec's."""
+    max_len = spec.max_len if max_len is None else max_len
     num_rows = table.num_rows
     user_ids = table.column("user_id").to_numpy().astype(np.int64)
 
@@ -184,7 +187,7 @@ def request_block(table: pa.Table, spec: FeatureSpec) -> RequestBlock:
         candidate_label=candidate_label,
         request_row=request_row,
         request_ts=request_ts,
-        history_begin=row_start + np.maximum(history_end - spec.max_len, 0),
+        history_begin=row_start + np.maximum(history_end - max_len, 0),
         history_end=row_start + history_end,
         candidate_begin=candidate_offsets[:-1][request_row] + within_row,
         candidate_count=candidate_count,
@@ -197,10 +200,21 @@ class BatchBuilder:
     Args:
         spec: the feature spec (bucket counts, demographics).
         layout: the table layout; each feature's ids are taken modulo its table's rows.
+        max_history: keep at most this many of each history's most recent events (None: the
+            spec's max_len, everything the ETL stored). Shorter histories make long-sequence
+            experiments affordable on small machines.
     """
 
-    def __init__(self, spec: FeatureSpec, layout: TableLayout) -> None:
+    def __init__(
+        self, spec: FeatureSpec, layout: TableLayout, max_history: int | None = None
+    ) -> None:
+        if max_history is not None and not 1 <= max_history <= spec.max_len:
+            raise SampleDataError(
+                f"data.max_history={max_history} must be between 1 and the tables' max_len "
+                f"{spec.max_len}"
+            )
         self.spec = spec
+        self.max_len = spec.max_len if max_history is None else max_history
         self.rows = layout.rows_for_feature()
         self.demographic_keys = [Keys.demographic(name) for name in spec.demographics]
         self.keys = [
@@ -298,4 +312,4 @@ class BatchBuilder:
         }
         schema = samples.arrow_schema()
         table = pa.table(row, schema=pa.schema([schema.field(name) for name in row]))
-        return self.build(request_block(table, self.spec), np.array([0]))
+        return self.build(request_block(table, self.spec, self.max_len), np.array([0]))

@@ -3,8 +3,10 @@
 Layout of `RUN_DIR/checkpoints/step_00000042/`:
 
     .metadata, __<rank>_0.distcp   DCP: {"model": DMP state_dict, "optimizer": fused + dense state}
-    trainer_state.json             model name, resolved config, step, epoch, data position,
-                                   world size, samples, data table version
+    trainer_state.json             model name, the model's resolved config (every field, as this
+                                   code resolved it), the code version, the run's config, step,
+                                   epoch, data position, validation history and best step, world
+                                   size, samples, data table version, feature spec
     rng_rank<r>.json               torch / NumPy / Python RNG states of rank r
     manifest.json                  size and SHA-256 of every file above (written last)
 
@@ -17,17 +19,26 @@ unpickled.
 
 Embedding tables and their optimizer state are sharded tensors, so DCP reshards them when the
 world size or sharding type changes on resume.
+
+A checkpoint is rebuilt from its own resolved model config, never from today's defaults: resume,
+warm start and scoring refuse a checkpoint whose model or resolved config differs from what the
+caller builds (naming the differing keys and the code versions), so a default changed later can
+never silently change an old model. `RUN_DIR/checkpoints/SELECTED` names the checkpoint a run
+chose (its best epoch by validation, else its last step): scoring and warm starts take it; a
+resume continues from the newest one.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 import logging
 import pickle
 import random
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +55,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.json"
-FORMAT_VERSION = 1
+SELECTED = "SELECTED"
+# 2: trainer_state.json holds model_config (resolved) and code_version.
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -132,10 +145,73 @@ def verify(directory: Path) -> dict[str, Any]:
             )
         if _sha256(path) != expected["sha256"]:
             raise CheckpointError(f"corrupted checkpoint file {path}: SHA-256 does not match")
-    state = json.loads((directory / STATE_FILE).read_text())
-    if state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{directory / STATE_FILE}: unknown format {state.get('format')!r}")
-    return state
+    return read_state(directory)
+
+
+def code_version() -> str:
+    """The checkout's git commit (+ "-dirty" with uncommitted changes), or the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return "package " + importlib.metadata.version("cain-lifelong-ctr")
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown (neither a git checkout nor an installed package)"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a checkpoint's weights belong to: the model's name and its resolved config (plain
+    values, every field)."""
+
+    name: str
+    config: dict[str, Any]
+
+    def check(self, state: dict[str, Any], directory: Path) -> None:
+        """Raise CheckpointError unless the checkpoint's model and resolved config are these."""
+        stored = ModelIdentity(state["model"], state.get("model_config", {}))
+        if stored.name != self.name:
+            raise CheckpointError(f"{directory} holds model {stored.name}, not {self.name}")
+        differences = sorted(config_differences(stored.config, self.config))
+        if differences:
+            shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+            raise CheckpointError(
+                f"{directory} holds a {stored.name} whose resolved config differs from this one "
+                f"({shown}); checkpoint written by code {state.get('code_version', 'unknown')}, "
+                f"this is {code_version()}. Use the checkpoint's own config, or a new run "
+                "directory / no warm start for a different model"
+            )
+
+
+def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """'key: stored -> current' for every leaf that differs (missing keys included)."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(stored) | set(current)):
+            found += config_differences(
+                stored.get(key, "<absent>"), current.get(key, "<absent>"), f"{prefix}{key}."
+            )
+        return found
+    return [] if stored == current else [f"{prefix.rstrip('.')}: {stored!r} -> {current!r}"]
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -191,10 +267,12 @@ class Checkpoints:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         state: dict[str, Any],
+        protect: int = 0,
     ) -> Path:
-        """Collective: every rank calls it at the same step."""
-        final = self.directory / f"step_{step:08d}"
-        partial = self.directory / f"step_{step:08d}.partial"
+        """Collective: every rank calls it at the same step. `protect`: a step whose checkpoint
+        pruning keeps (the best epoch); it is also what SELECTED names (else this step)."""
+        final = self.directory / step_name(step)
+        partial = self.directory / f"{step_name(step)}.partial"
         if self._is_main():
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True, exist_ok=True)
@@ -218,15 +296,31 @@ class Checkpoints:
             (partial / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
-            self._prune()
+            self._prune(protect)
+            self._select(protect or step)
         self._barrier()
         logger.info("checkpoint saved: %s", final)
         return final
 
-    def _prune(self) -> None:
-        complete = self.complete()
+    def _prune(self, protect: int) -> None:
+        complete = [path for path in self.complete() if path.name != step_name(protect)]
         for old in complete[: max(len(complete) - self.keep, 0)]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _select(self, step: int) -> None:
+        marker = self.directory / SELECTED
+        partial = self.directory / f"{SELECTED}.partial"
+        partial.write_text(step_name(step) + "\n")
+        partial.replace(marker)  # atomic
+
+    def selected(self) -> Path | None:
+        """The checkpoint the run chose (SELECTED), else the newest."""
+        marker = self.directory / SELECTED
+        if marker.is_file():
+            chosen = self.directory / marker.read_text().strip()
+            if chosen.is_dir():
+                return chosen
+        return self.latest()
 
     def complete(self) -> list[Path]:
         """Finished checkpoint directories (renamed from .partial), oldest first."""
@@ -245,15 +339,47 @@ class Checkpoints:
         return complete[-1] if complete else None
 
 
+def read_state(directory: Path) -> dict[str, Any]:
+    """trainer_state.json without verifying the weights (a cheap look before a run starts)."""
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {directory / STATE_FILE}: {error}") from error
+    if state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory / STATE_FILE}: checkpoint format {state.get('format')!r}, this code "
+            f"reads {FORMAT_VERSION} (format 1 did not store the resolved model config: retrain)"
+        )
+    return state
+
+
+def find(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint, a run's checkpoints/ or a run directory (its
+    SELECTED checkpoint, else its newest). Raises CheckpointError naming what is missing."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint directory {directory}")
+    if (directory / MANIFEST).is_file():
+        return directory
+    for candidate in (directory / "checkpoints", directory):
+        chosen = Checkpoints(candidate).selected()
+        if chosen is not None:
+            return chosen
+    raise CheckpointError(f"no complete checkpoint under {directory}")
+
+
 def load(
     directory: str | Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
+    expected: ModelIdentity,
     restore_rng: bool,
 ) -> Restored:
-    """Verify, then load weights (and optimizer state when given) into the DMP model in place."""
+    """Verify, check it holds `expected`, then load weights (and optimizer state when given)
+    into the DMP model in place."""
     directory = Path(directory)
     state = verify(directory)
+    expected.check(state, directory)
     content: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         content["optimizer"] = optimizer.state_dict()
@@ -277,22 +403,21 @@ def load(
     return Restored(directory=directory, state=state)
 
 
-def warm_start(directory: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+def warm_start(path: str | Path, model: torch.nn.Module, expected: ModelIdentity) -> dict[str, Any]:
     """Initialise weights from another run's checkpoint (daily retraining); optimizer starts fresh.
 
-    Tables whose row count changed (a new day's spec with more ids and rows below the cap) get
-    the overlapping rows copied and keep their fresh initialisation for the new rows; every
-    other parameter must match in shape. Returns the source's trainer_state.json.
+    `path`: a checkpoint or a run directory (its SELECTED checkpoint). The checkpoint must hold
+    `expected` (same model, same resolved config). Tables whose row count changed (a new day's
+    spec with more ids and rows below the cap) get the overlapping rows copied and keep their
+    fresh initialisation for the new rows; every other parameter must match in shape. Returns
+    the source's trainer_state.json.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"warm start: no checkpoint directory {directory}")
-    if not (directory / MANIFEST).is_file():  # a run directory: take its newest checkpoint
-        latest = Checkpoints(directory / "checkpoints").latest() or Checkpoints(directory).latest()
-        if latest is None:
-            raise CheckpointError(f"warm start: no checkpoint under {directory}")
-        directory = latest
+    try:
+        directory = find(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"warm start: {error}") from None
     state = verify(directory)
+    expected.check(state, directory)
     reader = SafeFileSystemReader(directory)
     metadata = reader.read_metadata()
     target = model.state_dict()

@@ -51,6 +51,27 @@ class SparseOptimizer(enum.StrEnum):
     ADAM = "adam"
 
 
+class LRSchedule(enum.StrEnum):
+    """Learning-rate factor after the warm-up, applied to every optimizer (dense and fused)."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"  # half a cosine from 1 to min_lr_ratio over the planned steps
+    LINEAR = "linear"  # a straight line from 1 to min_lr_ratio over the planned steps
+
+
+class SelectionMetric(enum.StrEnum):
+    """The validation metric that picks the best epoch."""
+
+    LOGLOSS = "logloss"  # lower is better
+    AUC = "auc"
+    GAUC = "gauc"
+
+
+class Precision(enum.StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"  # torch.autocast around the model's forward; the loss and optimizers in fp32
+
+
 class Backend(enum.StrEnum):
     AUTO = "auto"  # nccl when CUDA is available, else gloo
     GLOO = "gloo"
@@ -62,9 +83,11 @@ class DataConfig:
     """Args:
     root: directory holding `feature_spec.json` and the Delta tables (the ETL's `--output`).
     train_split / test_split: values of the `split` column.
+    validation_days: the last N dates of the train split are held out as the validation split
+        (model selection and early stopping; never trained on). 0: no validation split.
+    max_history: keep at most this many most recent events of each request's history (None:
+        all the tables hold, the ETL's max_len).
     version: Delta table version to read (time travel); None reads the latest.
-    max_len: cap each request's history at its last max_len events (L of the models); None (or
-        a value above it) keeps the feature spec's max_len, the ETL's --max-len.
     read_rows: rows per Arrow record batch read from Parquet (memory per read).
     shuffle_buffer_rows: rows (user-days) shuffled together; memory is bounded by this.
     prefetch_batches: batches a background thread builds ahead of the training loop.
@@ -73,16 +96,17 @@ class DataConfig:
     root: str = ""
     train_split: str = "train"
     test_split: str = "test"
+    validation_days: int = 0
+    max_history: int | None = None
     version: int | None = None
-    max_len: int | None = None
     read_rows: int = 256
     shuffle_buffer_rows: int = 1024
     prefetch_batches: int = 4
 
     def __post_init__(self) -> None:
         _check_positive(self, ("read_rows", "shuffle_buffer_rows", "prefetch_batches"), "data")
-        if self.max_len is not None and self.max_len < 1:
-            raise ConfigError(f"data.max_len: must be >= 1 or null, got {self.max_len}")
+        if self.validation_days < 0:
+            raise ConfigError(f"data.validation_days: must be >= 0, got {self.validation_days}")
 
 
 @dataclass(frozen=True)
@@ -107,10 +131,24 @@ class TrainConfig:
     batch_size: samples (candidates) per step and rank; a request is never split, so a step holds
         between batch_size and 1.5 x batch_size samples (the tail of a shuffle block is merged).
     eval_batch_size: the same for evaluation.
-    max_steps: stop training after this many steps (0: one full epoch). For smoke runs.
-    epochs: passes over the train split.
+    max_steps: stop training after this many steps in all (0: `epochs` full epochs). Smoke runs.
+    epochs: passes over the train split (at most: early stopping may end sooner).
+    early_stopping_patience: stop after this many epochs without a better validation score
+        (0: never stop early). Needs data.validation_days.
+    selection_metric: the validation metric that decides which epoch is best.
+    restore_best: evaluate the test split with the best epoch's weights (and leave them as the
+        run's final checkpoint) rather than the last epoch's. Needs data.validation_days.
     dense_lr: Adam learning rate of the dense (replicated) parameters (paper: 1e-3).
     sparse_optimizer / sparse_lr: fused optimizer of the embedding tables.
+    warmup_steps: the learning rates of both optimizers rise linearly from 0 over these steps.
+    lr_schedule / min_lr_ratio: after the warm-up, the rates follow the schedule down to
+        min_lr_ratio x the configured rate at the last planned step.
+    grad_clip_norm: clip the dense gradients' global norm to this (0: no clipping). The fused
+        sparse optimizer updates rows inside the backward pass, out of reach of clipping.
+    precision: fp32, or bf16 autocast around the forward (GPUs; slow on most CPUs).
+    compile: torch.compile the dense arch (dynamic shapes; the sparse arch is TorchRec's).
+    tf32: allow TF32 in CUDA matmuls and convolutions (faster, ~1e-3 relative error); false
+        keeps strict fp32. Ignored on CPU.
     sharding_type: table_wise, row_wise or column_wise for every table.
     seed: seeds parameters, shuffling and everything random.
     log_every: steps between log lines / TensorBoard points.
@@ -130,9 +168,19 @@ class TrainConfig:
     eval_batch_size: int = 4096
     max_steps: int = 0
     epochs: int = 1
+    early_stopping_patience: int = 0
+    selection_metric: SelectionMetric = SelectionMetric.LOGLOSS
+    restore_best: bool = True
     dense_lr: float = 1e-3
     sparse_optimizer: SparseOptimizer = SparseOptimizer.ROWWISE_ADAGRAD
     sparse_lr: float = 0.01
+    warmup_steps: int = 0
+    lr_schedule: LRSchedule = LRSchedule.CONSTANT
+    min_lr_ratio: float = 0.1
+    grad_clip_norm: float = 0.0
+    precision: Precision = Precision.FP32
+    compile: bool = False
+    tf32: bool = False
     sharding_type: ShardingType = ShardingType.TABLE_WISE
     seed: int = 2024
     log_every: int = 20
@@ -161,9 +209,17 @@ class TrainConfig:
             ),
             "train",
         )
-        for name in ("max_steps", "checkpoint_every"):
+        for name in (
+            "max_steps",
+            "checkpoint_every",
+            "early_stopping_patience",
+            "warmup_steps",
+            "grad_clip_norm",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if self.evaluate_only and not self.warm_start:
             raise ConfigError(
                 "train.evaluate_only: needs train.warm_start (the checkpoint to score)"
@@ -178,6 +234,12 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str = ""
+
+    def __post_init__(self) -> None:
+        if self.train.early_stopping_patience and not self.data.validation_days:
+            raise ConfigError(
+                "train.early_stopping_patience: needs a validation split (data.validation_days)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON values in the layout `load_config` reads (model fields flat)."""
@@ -221,5 +283,4 @@ def load_config(
                 "data, model, train (or 'output')"
             )
         set_dotted(values, key, value)
-    origin = ", ".join(str(path) for path in paths) or "trainer config"
-    return config_from_dict(values, origin=origin)
+    return config_from_dict(values, origin="config")

@@ -72,12 +72,10 @@ class SamplesTable:
         path: str,
         version: int,
         files: list[DataFile],
-        split_dates: dict[str, tuple[str, ...]],
     ):
         self.path = path
         self.version = version
         self._files = files
-        self._split_dates = split_dates
 
     @staticmethod
     def open(root: str | Path, spec: FeatureSpec, version: int | None = None) -> SamplesTable:
@@ -118,20 +116,60 @@ class SamplesTable:
             users = tuple(-1 if user is None else user for user in (first_user, last_user))
             keyed.append(((file.date, *users, file.rows, file.uri), file))
         files = [file for _, file in sorted(keyed, key=lambda pair: pair[0])]
-        split_dates = {name: tuple(stats.dates) for name, stats in spec.splits.items()}
-        return SamplesTable(path, table.version(), files, split_dates)
+        return SamplesTable(path, table.version(), files)
 
-    def files(self, split: str) -> list[DataFile]:
-        """The files holding `split`: its dates from the feature spec, or every file if unknown.
+    def files(self, dates: tuple[str, ...] | None) -> list[DataFile]:
+        """The files of these `date` partitions; every file when dates are unknown (None).
 
-        Rows are still filtered on the `split` column while reading, so a spec without dates only
-        costs reading the other split too.
+        Rows are still filtered on the `split` column while reading, so unknown dates only cost
+        reading the other splits too.
         """
-        dates = self._split_dates.get(split)
         if not dates or not all(file.date for file in self._files):
             return list(self._files)
         wanted = set(dates)
         return [file for file in self._files if file.date in wanted]
+
+    def missing_files(self) -> list[str]:
+        """URIs of files the Delta log lists that are not in storage (deleted by hand, say)."""
+        return [file.uri for file in self._files if not _exists(file.uri)]
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """What one stream reads: rows whose `split` column is `split`, on `dates` (None: all).
+
+    The validation view is the train split's last `data.validation_days` dates; the train view
+    is the rest of them (`split_views`).
+    """
+
+    name: str
+    split: str
+    dates: tuple[str, ...] | None
+
+
+def split_views(
+    spec: FeatureSpec, train_split: str, test_split: str, validation_days: int
+) -> dict[str, SplitView]:
+    """train / validation (when validation_days > 0) / test views of the samples table."""
+    train_dates = spec.splits[train_split].dates if train_split in spec.splits else None
+    test_dates = spec.splits[test_split].dates if test_split in spec.splits else None
+    views = {"test": SplitView("test", test_split, test_dates)}
+    if not validation_days:
+        views["train"] = SplitView("train", train_split, train_dates)
+        return views
+    if not train_dates or len(train_dates) <= validation_days:
+        raise SampleDataError(
+            f"data.validation_days={validation_days} needs more {train_split!r} dates than that; "
+            f"the feature spec lists {list(train_dates or [])}"
+        )
+    views["train"] = SplitView("train", train_split, train_dates[:-validation_days])
+    views["validation"] = SplitView("validation", train_split, train_dates[-validation_days:])
+    return views
+
+
+def view_samples(files: list[DataFile], view: SplitView, spec: FeatureSpec) -> int:
+    """Samples (candidates) the view holds in `files`: from the spec's per-file counts, or read."""
+    return int(sum(weights.sum() for weights in sample_weights(files, view.split, spec)))
 
 
 def _absolute_uri(table_path: str, relative_path: str) -> str:
@@ -140,6 +178,13 @@ def _absolute_uri(table_path: str, relative_path: str) -> str:
     if "://" in table_path:
         return table_path.rstrip("/") + "/" + relative_path
     return str(Path(table_path) / relative_path)
+
+
+def _exists(uri: str) -> bool:
+    if "://" not in uri:
+        return Path(uri).is_file()
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
 def _parquet_file(uri: str) -> pq.ParquetFile:
@@ -187,16 +232,14 @@ def rank_share(
     return pieces
 
 
-def sample_weights(
-    files: list[DataFile], split: str, file_samples: dict[str, dict[str, int]]
-) -> list[np.ndarray]:
+def sample_weights(files: list[DataFile], split: str, spec: FeatureSpec) -> list[np.ndarray]:
     """Per-row weights [rows] per file for `rank_share`: the file's samples of `split` spread
     evenly over its rows when the ETL recorded them (`FeatureSpec.file_samples`), else the exact
     per-row counts read from the file (`sample_counts`). Shares then hold about equal samples, so
     ranks need few filler steps to finish an epoch together."""
     weights = []
     for file in files:
-        recorded = file_samples.get(file.relative)
+        recorded = spec.file_samples.get(file.relative)
         if recorded is None:
             weights.extend(sample_counts([file], split))
         else:
@@ -340,7 +383,7 @@ class SampleStream:
         )
         emitted = 0
         for table in self._blocks(generator):
-            block = request_block(table, self.builder.spec)
+            block = request_block(table, self.builder.spec, self.builder.max_len)
             order = np.arange(block.num_requests)
             if generator is not None:
                 order = generator.permutation(block.num_requests)
@@ -354,12 +397,15 @@ class Prefetcher:
     """Runs an iterator in a background thread, `depth` items ahead; errors re-raise here.
 
     Arrow decoding and NumPy gathers release the GIL, so reading overlaps the training step.
-    `close()` stops the thread early (max_steps reached).
+    With `pin_memory` (CUDA) the thread also pins each batch, so the loop's
+    `batch.to(device, non_blocking=True)` copies asynchronously. `close()` stops the thread early
+    (max_steps reached).
     """
 
     _END = object()
 
-    def __init__(self, iterator: Iterator[Batch], depth: int) -> None:
+    def __init__(self, iterator: Iterator[Batch], depth: int, pin_memory: bool = False) -> None:
+        self._pin_memory = pin_memory
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
@@ -378,7 +424,7 @@ class Prefetcher:
     def _run(self, iterator: Iterator[Batch]) -> None:
         try:
             for item in iterator:
-                if not self._put(item):
+                if not self._put(item.pin_memory() if self._pin_memory else item):
                     return
             self._put(self._END)
         except BaseException as error:  # handed to the consumer, which re-raises it

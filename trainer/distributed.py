@@ -1,10 +1,11 @@
 """Process group, sharding plan, DistributedModelParallel and optimizers.
 
-The sparse side (every `EmbeddingCollection` table) is sharded by TorchRec's planner with the
+The sparse side (the model's `EmbeddingCollection`) is sharded by TorchRec's planner with the
 sharding type from the config and always the *fused* compute kernel: the embedding optimizer runs
 inside the backward pass (FBGEMM's TBE), which is also the only kernel that works on CPU
-(`data_parallel` and `dense` crash there, FBGEMM #4586). Dense parameters are replicated (DDP
-inside DMP) and stepped by Adam.
+(`data_parallel` and `dense` crash there, FBGEMM #4586). The planner is told the real topology:
+world size, ranks per host and, on CUDA, each GPU's memory. Dense parameters are replicated (DDP
+inside DMP); trainer/optimizers.py holds both optimizers.
 
 Works under `torchrun` on one or many nodes: rank, world size and the rendezvous come from the
 environment torchrun sets; without it (a plain `python` call or a test) a 1-process gloo group on
@@ -31,20 +32,10 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
-from torchrec.optim import PartialRowWiseAdam, RowWiseAdagrad
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from trainer.config import Backend, SparseOptimizer, TrainConfig
+from trainer.config import Backend, TrainConfig
 
 logger = logging.getLogger(__name__)
-
-SPARSE_OPTIMIZERS: dict[SparseOptimizer, type[torch.optim.Optimizer]] = {
-    SparseOptimizer.ROWWISE_ADAGRAD: RowWiseAdagrad,
-    SparseOptimizer.ROWWISE_ADAM: PartialRowWiseAdam,
-    SparseOptimizer.ADAM: torch.optim.Adam,
-}
 
 
 @dataclass(frozen=True)
@@ -120,6 +111,20 @@ def embedding_configs(module: nn.Module) -> list[EmbeddingConfig]:
     ]
 
 
+def topology(group: ProcessGroup) -> Topology:
+    """This run's hardware for the planner: ranks, ranks per host and, on CUDA, the GPU's memory
+    (the planner's default assumes a 32 GB card)."""
+    options: dict = {}
+    if group.device.type == "cuda":
+        options["hbm_cap"] = torch.cuda.get_device_properties(group.device).total_memory
+    return Topology(
+        world_size=group.world_size,
+        compute_device=group.device.type,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", group.world_size)),
+        **options,
+    )
+
+
 def sharding_plan(
     module: nn.Module, group: ProcessGroup, config: TrainConfig, sharders: list
 ) -> ShardingPlan:
@@ -138,11 +143,7 @@ def sharding_plan(
         for table in tables
     }
     planner = EmbeddingShardingPlanner(
-        topology=Topology(
-            world_size=group.world_size,
-            compute_device=group.device.type,
-            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", group.world_size)),
-        ),
+        topology=topology(group),
         batch_size=config.batch_size,
         constraints=constraints,
     )
@@ -152,40 +153,11 @@ def sharding_plan(
 def distribute(
     module: nn.Module, group: ProcessGroup, config: TrainConfig
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
-    """Attach the fused sparse optimizer, plan, and wrap `module` (tables on meta) in DMP."""
-    tables = [
-        parameter
-        for child in module.modules()
-        if isinstance(child, EmbeddingCollection)
-        for parameter in child.parameters()
-    ]
-    optimizer_options: dict[str, float] = {"lr": config.sparse_lr}
-    apply_optimizer_in_backward(
-        SPARSE_OPTIMIZERS[config.sparse_optimizer], tables, optimizer_options
-    )
+    """Plan and wrap `module` (tables on meta, fused optimizer attached) in DMP."""
     sharders = [EmbeddingCollectionSharder()]
     plan = sharding_plan(module, group, config, sharders)
     model = DistributedModelParallel(module, device=group.device, plan=plan, sharders=sharders)
     return model, plan
-
-
-def dense_optimizer(model: DistributedModelParallel, learning_rate: float) -> CombinedOptimizer:
-    """Adam over the replicated parameters combined with DMP's fused sparse optimizer.
-
-    The combined optimizer's state_dict holds both (sharded tensors for the tables), which is what
-    the checkpoint saves.
-    """
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(model.named_parameters())),
-        lambda parameters: torch.optim.Adam(parameters, lr=learning_rate),
-    )
-    # Adam's state is lazy: a parameter that has had no gradient yet (a branch some batches skip)
-    # has none, so a checkpoint would lack it and a resumed run would take a different first step
-    # for it. A zero-gradient step now gives every parameter state in every run, resumed or not.
-    dense.init_state()
-    for parameter in dense.params.values():
-        parameter.grad = None
-    return CombinedOptimizer([model.fused_optimizer, dense])
 
 
 def any_rank_true(flag: bool, device: torch.device) -> bool:

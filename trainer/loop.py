@@ -20,7 +20,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -28,8 +28,10 @@ from torch import nn
 from tqdm import tqdm
 
 from model.batch import Batch
+from trainer.config import SelectionMetric, TrainConfig
 from trainer.distributed import ProcessGroup, all_reduce_sum, any_rank_true
 from trainer.metrics import Metrics, compute_metrics, gather_predictions
+from trainer.optimizers import LearningRates, clip_dense_gradients
 
 logger = logging.getLogger(__name__)
 # No tqdm monitor thread: a daemon thread that wakes up while the interpreter shuts down is ended
@@ -39,12 +41,77 @@ tqdm.monitor_interval = 0
 
 @dataclass
 class TrainState:
-    """Where training is: global step, epoch and batches consumed in it (the data position)."""
+    """Where training is (global step, epoch, batches consumed in it: the data position) and what
+    validation has shown so far; all of it goes into every checkpoint."""
 
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
     samples: int = 0  # samples this rank trained on, over all epochs
+    validation_history: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    best_epoch: int | None = None
+    best_score: float | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    restored_best: bool = False
+
+    def finished(self, config: TrainConfig) -> bool:
+        if config.max_steps and self.step >= config.max_steps:
+            return True
+        if self.stopped_early:
+            return True
+        return self.epoch >= config.epochs
+
+    def record_validation(self, metrics: Metrics, selection: SelectionMetric) -> bool:
+        """Adds a validation result; True when it is the best so far."""
+        entry = {"epoch": self.epoch, "step": self.step, **metrics.to_json()}
+        self.validation_history.append(entry)
+        score = entry[selection.value]
+        if score is None:  # undefined (one class): never the best, never an improvement
+            self.epochs_without_improvement += 1
+            return False
+        better = self.best_score is None or (
+            score < self.best_score
+            if selection is SelectionMetric.LOGLOSS
+            else score > self.best_score
+        )
+        if better:
+            self.best_score, self.best_step, self.best_epoch = score, self.step, self.epoch
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        return better
+
+    def stop_after(self, patience: int) -> None:
+        """Early stopping: after `patience` validations in a row without a better one."""
+        if patience and self.epochs_without_improvement >= patience:
+            self.stopped_early = True
+
+    def to_checkpoint(self, global_samples: float, world_size: int) -> dict:
+        """The fields a checkpoint stores (samples over all ranks, so any world size resumes)."""
+        values = asdict(self)
+        values.update(samples=int(global_samples), world_size=world_size)
+        return values
+
+    @staticmethod
+    def from_checkpoint(saved: dict, world_size: int) -> TrainState:
+        """Same global progress when the world size changed: each rank skips its share."""
+        known = {name for name in TrainState.__dataclass_fields__}
+        state = TrainState(**{key: value for key, value in saved.items() if key in known})
+        state.batches_in_epoch = saved["batches_in_epoch"] * saved["world_size"] // world_size
+        state.samples = saved["samples"] // world_size
+        state.restored_best = False
+        return state
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """Wall time and throughput of this process's training (a resumed run: since the resume)."""
+
+    seconds: float
+    samples_per_second: float
+    resumed_from_step: int
 
 
 class SynchronizedBatches:
@@ -65,9 +132,9 @@ class SynchronizedBatches:
         self.limit = limit
         self.taken = 0
         self.done = False
-        # Real samples of batches handed out and not yet trained on, oldest first: the pipeline
-        # pulls ahead, and the loop credits each step with the batch it actually consumed.
-        self.pending_samples: collections.deque[int] = collections.deque()
+        # (real samples, weight of each) of batches handed out and not yet trained on, oldest
+        # first: the pipeline pulls ahead, and the loop credits each step with its own batch.
+        self.pending: collections.deque[tuple[int, float]] = collections.deque()
 
     def __iter__(self) -> SynchronizedBatches:
         return self
@@ -85,10 +152,11 @@ class SynchronizedBatches:
             self.done = True
             raise StopIteration
         self.taken += 1
-        self.pending_samples.append(local)
         if batch is None:
+            self.pending.append((0, 0.0))
             return self.filler
         weight = self.group.world_size / step_samples
+        self.pending.append((local, weight))
         return batch.with_weights(torch.full_like(batch.weights, weight))
 
 
@@ -108,27 +176,33 @@ class ProgressLog:
         self.window_samples = 0
         self.window_losses: list[float] = []
 
-    def step(self, state: TrainState, loss: float, samples: int) -> None:
+    def step(
+        self, state: TrainState, loss: float | None, samples: int, lr_factor: float = 1.0
+    ) -> None:
+        """loss: this rank's mean loss over its samples of the step (None: a filler step)."""
         self.bar.update(1)
         self.window_samples += samples
-        self.window_losses.append(loss)
+        if loss is not None:
+            self.window_losses.append(loss)
         if state.step % self.every:
             return
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         # Local numbers only: a collective here would have to run on every rank in lockstep.
         rate = self.window_samples * self.group.world_size / elapsed
-        mean_loss = float(np.mean(self.window_losses))
+        mean_loss = float(np.mean(self.window_losses)) if self.window_losses else float("nan")
         if self.group.is_main:
             self.bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_sec=f"{rate:.0f}")
             logger.info(
-                "step %d epoch %d loss %.4f samples/s %.0f",
+                "step %d epoch %d loss %.4f lr x%.3f samples/s %.0f",
                 state.step,
                 state.epoch,
                 mean_loss,
+                lr_factor,
                 rate,
             )
             if self.writer is not None:
                 self.writer.add_scalar("train/loss", mean_loss, state.step)
+                self.writer.add_scalar("train/lr_factor", lr_factor, state.step)
                 self.writer.add_scalar("train/samples_per_sec", rate, state.step)
         self.window_start, self.window_samples, self.window_losses = time.perf_counter(), 0, []
 
@@ -144,15 +218,21 @@ def train_steps(
     group: ProcessGroup,
     progress: ProgressLog,
     on_step: Callable[[TrainState], None],
+    learning_rates: LearningRates,
+    clip_parameters: list[nn.Parameter],
+    clip_norm: float,
     pipeline=None,
 ) -> None:
     """Run steps until `batches` stops; `on_step` runs after each (checkpoints).
 
-    pipeline: a TorchRec TrainPipelineSparseDist built on `model`/`optimizer`, or None for the
-    plain loop (forward, backward — which also steps the fused sparse optimizer — dense step).
+    Each step: set the step's learning rates, zero the gradients (which also hands the fused
+    optimizer its rate), forward, backward (the fused optimizer updates the looked-up rows),
+    clip the dense gradients, dense Adam step. pipeline: a TorchRec TrainPipelineSparseDist
+    built on `model`/`optimizer` (it runs forward, backward and step itself; no clipping).
     """
     model.train()
     while True:
+        factor = learning_rates.apply(state.step + 1)
         if pipeline is not None:
             try:
                 loss, _, _ = pipeline.progress(batches)  # CTRTrain's detached outputs
@@ -163,15 +243,18 @@ def train_steps(
                 batch = next(batches)
             except StopIteration:
                 break
+            optimizer.zero_grad()
             loss, _ = model(batch.to(group.device, non_blocking=True))
             loss.backward()
+            clip_dense_gradients(clip_parameters, clip_norm)
             optimizer.step()
-            optimizer.zero_grad()
-        samples = batches.pending_samples.popleft()
+        samples, weight = batches.pending.popleft()
         state.step += 1
         state.batches_in_epoch += 1
         state.samples += samples
-        progress.step(state, float(loss.detach()), samples)
+        # This rank's mean BCE (+ auxiliary) over its samples: loss / (samples x weight).
+        local_mean = float(loss.detach()) / (samples * weight) if samples else None
+        progress.step(state, local_mean, samples, factor)
         on_step(state)
 
 

@@ -10,6 +10,7 @@ Letters: N predictions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ class Metrics:
     logloss: mean binary cross-entropy of the predicted probabilities.
     gauc_users: users kept in GAUC (users with a single class are excluded).
     samples: N.
+    positive_rate: share of positive labels (NaN without samples).
     """
 
     auc: float
@@ -32,6 +34,35 @@ class Metrics:
     logloss: float
     gauc_users: int
     samples: int
+    positive_rate: float = float("nan")
+
+    def constant_logloss(self, rate: float) -> float:
+        """The logloss of predicting `rate` for every sample: what a model must beat."""
+        rate = min(max(rate, 1e-7), 1 - 1e-7)
+        p = self.positive_rate
+        return float(-(p * math.log(rate) + (1 - p) * math.log(1 - rate)))
+
+    def to_json(self) -> dict:
+        """JSON-safe values: an undefined metric (NaN) is None, with its reason under
+        `undefined` (JSON has no NaN; a reader must not mistake it for a number)."""
+        reasons = {
+            "auc": "the split holds one class only (AUC needs positives and negatives)",
+            "gauc": "no user has both positives and negatives",
+            "logloss": "the split holds no samples",
+        }
+        values: dict = {}
+        undefined = {}
+        for name in ("auc", "gauc", "logloss"):
+            value = getattr(self, name)
+            values[name] = None if math.isnan(value) else value
+            if values[name] is None:
+                undefined[name] = reasons[name]
+        values["gauc_users"] = self.gauc_users
+        values["samples"] = self.samples
+        values["positive_rate"] = None if math.isnan(self.positive_rate) else self.positive_rate
+        if undefined:
+            values["undefined"] = undefined
+        return values
 
 
 def _average_ranks(sorted_values: np.ndarray, group_starts: np.ndarray | None = None) -> np.ndarray:
@@ -120,6 +151,7 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -
         logloss=logloss(labels, logits),
         gauc_users=kept,
         samples=int(np.asarray(labels).shape[0]),
+        positive_rate=float(np.mean(labels)) if np.asarray(labels).shape[0] else float("nan"),
     )
 
 

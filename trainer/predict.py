@@ -31,6 +31,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from tqdm import tqdm
 
+from contract.config import ConfigError, to_plain
 from contract.feature_spec import FeatureSpec
 from model.batch import Batch
 from model.registry import build_model, resolve_config
@@ -80,18 +81,23 @@ class Scorer:
         )
 
     @staticmethod
-    def from_checkpoint(directory: str | Path, device: str = "cpu") -> Scorer:
-        directory = Path(directory)
+    def from_checkpoint(path: str | Path, device: str = "cpu") -> Scorer:
+        """`path`: a checkpoint, or a run directory (its SELECTED checkpoint).
+
+        The model is rebuilt from the checkpoint's own resolved config; a config this code
+        resolves differently (a field added or removed since) is refused, naming the keys."""
+        directory = checkpoint.find(path)
         state = checkpoint.verify(directory)
-        if "feature_spec" not in state:
+        origin = str(directory / checkpoint.STATE_FILE)
+        spec = FeatureSpec.from_dict(state["feature_spec"], origin=origin)
+        try:
+            config = resolve_config(state["model"], state["model_config"])
+        except ConfigError as error:
             raise checkpoint.CheckpointError(
-                f"{directory / checkpoint.STATE_FILE} has no feature_spec"
-            )
-        spec = FeatureSpec.from_dict(
-            state["feature_spec"], origin=str(directory / checkpoint.STATE_FILE)
-        )
-        options = {k: v for k, v in state["config"]["model"].items() if k != "name"}
-        config = resolve_config(state["model"], options)
+                f"{origin}: this code cannot rebuild the stored model config ({error}); it was "
+                f"written by code {state.get('code_version', 'unknown')}"
+            ) from error
+        checkpoint.ModelIdentity(state["model"], to_plain(config)).check(state, directory)
         module = CTRTrain(build_model(state["model"], spec, config, device=torch.device("cpu")))
         builder = BatchBuilder(spec, table_layout(spec, config.max_table_rows))
         # Only the weights: DCP reads every shard the keys need and fills the full local tensors.
@@ -125,8 +131,9 @@ def score_split(scorer: Scorer, root: str, split: str, batch_size: int) -> pa.Ta
     """Score a whole split of the samples table: user_id, label, logit, score per candidate."""
     spec = scorer.builder.spec
     table = SamplesTable.open(root, spec)
+    dates = spec.splits[split].dates if split in spec.splits else None
     stream = SampleStream(
-        rank_share(table.files(split), 0, 1),
+        rank_share(table.files(dates), 0, 1),
         scorer.builder,
         split=split,
         batch_size=batch_size,
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="a checkpoint directory (step_XXXXXXXX) or a run directory",
+        help="a checkpoint directory (step_XXXXXXXX) or a run directory (its selected checkpoint)",
     )
     parser.add_argument("--data", required=True, help="ETL output root")
     parser.add_argument("--split", default="test")
@@ -166,13 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    directory = Path(arguments.checkpoint)
-    if not (directory / checkpoint.MANIFEST).is_file():
-        latest = checkpoint.Checkpoints(directory / "checkpoints").latest()
-        if latest is None:
-            sys.exit(f"no checkpoint under {directory}")
-        directory = latest
-    scorer = Scorer.from_checkpoint(directory)
+    try:
+        scorer = Scorer.from_checkpoint(arguments.checkpoint)
+    except checkpoint.CheckpointError as error:
+        sys.exit(f"error: {error}")
     scores = score_split(scorer, arguments.data, arguments.split, arguments.batch_size)
     Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(scores, arguments.output)
@@ -183,9 +187,10 @@ def main(argv: list[str] | None = None) -> None:
         scores.column("logit").to_numpy(),
         scores.column("user_id").to_numpy(),
     )
+    shown = {name: value for name, value in metrics.to_json().items() if name != "undefined"}
     print(
-        f"model={scorer.model_name} auc={metrics.auc:.4f} gauc={metrics.gauc:.4f} "
-        f"logloss={metrics.logloss:.4f} n={metrics.samples} -> {arguments.output}"
+        f"model={scorer.model_name} auc={shown['auc']} gauc={shown['gauc']} "
+        f"logloss={shown['logloss']} n={metrics.samples} -> {arguments.output}"
     )
 
 

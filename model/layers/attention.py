@@ -198,18 +198,6 @@ class TargetAttention(nn.Module):
         weights = normalize_scores(scores, mask[:, None, None, :], self.use_softmax)
         return self.pool(weights, values)  # [R, C, H*E]
 
-    def project_selected(
-        self, keys: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected keys and values of the selected rows: [R, C, K, H, E] each.
-
-        keys [R, L, Dk]; values [R, L, Dv]; indices [R, C, K].
-        """
-        return (
-            _project_rows(keys, indices, self.project_keys),
-            _project_rows(values, indices, self.project_values),
-        )
-
     def _dense_selection(self, indices: torch.Tensor, length: int) -> bool:
         if self.selection_path is not SelectionPath.AUTO:
             return self.selection_path is SelectionPath.DENSE

@@ -60,7 +60,7 @@ def test_a_suite_runs_every_variant_and_seed_then_resumes(data, tmp_path):
             assert metrics["seed"] == seed and metrics["model"] == "lap_tcn"
             assert metrics["steps"] == 3
             config = (directory / "config.yaml").read_text()
-            assert "max_len: 12" in config and f"seed: {seed}" in config
+            assert "max_history: 12" in config and f"seed: {seed}" in config
     assert all("ETA" in line for line in lines)  # one progress line per run
     results = json.loads((tmp_path / "results.json").read_text())
     assert {(r["variant"], r["seed"]) for r in results["runs"]} == {
@@ -125,9 +125,13 @@ def test_cli_arguments_build_the_settings(tmp_path):
     )
     assert suite.name == "fig5" and settings_.seeds == (1, 2, 3) and settings_.max_len == 64
     assert settings_.overrides == ("train.epochs=2", "model.embedding_dim=32")
-    arguments = run.trainer_arguments(suite, suite.variants[0], 2, settings_)
+    arguments = run.trainer_arguments(suite, suite.variants[0], 2, settings_, 1024)
     assert arguments[arguments.index("--model") + 1] == "lap_tcn"
-    assert "data.max_len=64" in arguments and "train.seed=2" in arguments
+    assert "data.max_history=64" in arguments
+    assert (
+        "data.max_history=30" in run.trainer_arguments(suite, suite.variants[0], 2, settings_, 30)
+        and "train.seed=2" in arguments
+    )
     assert arguments[-1] == "model.embedding_dim=32"  # user overrides win
 
 

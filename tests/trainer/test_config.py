@@ -74,9 +74,3 @@ def test_resolved_config_round_trips():
         DEFAULT_CONFIG, ["train.max_steps=7", "model.embedding_dim=16", "output=/tmp/x"]
     )
     assert config_from_dict(config.to_dict()) == config
-
-
-def test_data_max_len_must_be_positive():
-    assert load_config(None, ["data.max_len=200"]).data.max_len == 200
-    with pytest.raises(ConfigError, match="data.max_len"):
-        load_config(None, ["data.max_len=0"])

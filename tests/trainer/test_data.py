@@ -28,12 +28,21 @@ from trainer.data import (
 )
 
 
-def _stream(root, split="train", rank=0, world_size=1, seed=None, batch_size=40, max_rows=10_000):
+def _stream(
+    root,
+    split="train",
+    rank=0,
+    world_size=1,
+    seed=None,
+    batch_size=40,
+    max_rows=10_000,
+    max_history=None,
+):
     spec = FeatureSpec.read(root)
     table = SamplesTable.open(root, spec)
     return SampleStream(
-        rank_share(table.files(split), rank, world_size),
-        BatchBuilder(spec, table_layout(spec, max_rows)),
+        rank_share(table.files(spec.splits[split].dates), rank, world_size),
+        BatchBuilder(spec, table_layout(spec, max_rows), max_history),
         split=split,
         batch_size=batch_size,
         shuffle_rows=16,
@@ -60,7 +69,7 @@ def test_shares_are_disjoint_and_balanced_by_rows_across_uneven_files():
 
 def test_sample_weighted_shares_balance_samples_not_rows(tiny_data):
     spec = FeatureSpec.read(tiny_data)
-    files = SamplesTable.open(tiny_data, spec).files("train")
+    files = SamplesTable.open(tiny_data, spec).files(spec.splits["train"].dates)
     counts = sample_counts(files, "train")
     weights = [np.arange(1, file.rows + 1) ** 2 for file in files]  # very uneven rows
     for row_weights in (counts, weights):
@@ -79,7 +88,8 @@ def test_ranks_read_disjoint_rows_that_cover_the_split(tiny_data):
     seen = []
     for rank in range(3):
         keys = []
-        for part in read_pieces(rank_share(table.files("train"), rank, 3), 8, "train"):
+        train_files = table.files(spec.splits["train"].dates)
+        for part in read_pieces(rank_share(train_files, rank, 3), 8, "train"):
             keys += list(
                 zip(
                     part.column("user_id").to_pylist(),
@@ -99,8 +109,12 @@ def test_ranks_read_disjoint_rows_that_cover_the_split(tiny_data):
     assert max(map(len, seen)) - min(map(len, seen)) <= 1  # balanced
 
 
-def test_histories_follow_the_contract(feed_data):
+@pytest.mark.parametrize("max_history", [None, 4])
+def test_histories_follow_the_contract(feed_data, max_history):
+    """Each request's history is the timeline before it, cut to its most recent max_len (or
+    data.max_history) events."""
     spec = FeatureSpec.read(feed_data)
+    limit = max_history or spec.max_len
     rows = DeltaTable(str(feed_data / "samples")).to_pyarrow_table().to_pylist()
     expected = []  # (user, req_ts, history items, time-gap buckets, candidates, labels)
     for row in sorted(rows, key=lambda row: (row["date"], row["user_id"])):
@@ -114,7 +128,7 @@ def test_histories_follow_the_contract(feed_data):
             strict=True,
         )
         for ts, end, count in requests:
-            start = max(0, end - spec.max_len)
+            start = max(0, end - limit)
             items = row["timeline_item_id"][start:end]
             gaps = [
                 min(spec.time_gap_buckets - 1, int(np.floor(np.log2(1 + ts - t))))
@@ -130,7 +144,7 @@ def test_histories_follow_the_contract(feed_data):
                 )
             )
             begin += count
-    stream = _stream(feed_data, batch_size=10_000)
+    stream = _stream(feed_data, batch_size=10_000, max_history=max_history)
     got = []
     for batch in stream.batches():
         features = batch.sparse_features.to_dict()
@@ -150,9 +164,7 @@ def test_histories_follow_the_contract(feed_data):
                     [int(ages[request][0]), int(genders[request][0])],
                 )
             )
-        assert all(
-            length <= spec.max_len for length in features[Keys.HISTORY_ITEM].lengths().tolist()
-        )
+        assert all(length <= limit for length in features[Keys.HISTORY_ITEM].lengths().tolist())
     assert sorted(map(str, got)) == sorted(map(str, expected))
 
 
@@ -177,9 +189,8 @@ def test_log2_buckets_are_capped():
 
 def test_misaligned_row_is_a_clear_error(tiny_data):
     spec = FeatureSpec.read(tiny_data)
-    table = next(
-        read_pieces(rank_share(SamplesTable.open(tiny_data, spec).files("train"), 0, 1), 4)
-    )
+    train_files = SamplesTable.open(tiny_data, spec).files(spec.splits["train"].dates)
+    table = next(read_pieces(rank_share(train_files, 0, 1), 4))
     broken = table.set_column(
         table.schema.get_field_index("timeline_ts"),
         "timeline_ts",
@@ -212,7 +223,7 @@ def _steps_worker(rank: int, port: int, queue) -> None:
     local = iter([batch] * (3 if rank == 0 else 5))  # rank 1 has two batches more
     steps = SynchronizedBatches(local, group, filler)
     weights = [(b.num_samples, round(float(b.weights.sum()), 6)) for b in steps]
-    queue.put((rank, weights, list(steps.pending_samples)))
+    queue.put((rank, weights, [samples for samples, _ in steps.pending]))
     dist.destroy_process_group()
 
 
@@ -274,7 +285,9 @@ def test_rebuilt_tables_give_the_same_batches(tmp_path):
     names = [
         [
             file.uri.rsplit("/", 1)[-1]
-            for file in SamplesTable.open(root, FeatureSpec.read(root)).files("train")
+            for file in SamplesTable.open(root, FeatureSpec.read(root)).files(
+                FeatureSpec.read(root).splits["train"].dates
+            )
         ]
         for root in roots
     ]
@@ -283,19 +296,3 @@ def test_rebuilt_tables_give_the_same_batches(tmp_path):
     for one, other in zip(first.batches(), second.batches(), strict=True):
         assert torch.equal(one.labels, other.labels)
         assert torch.equal(one.user_ids, other.user_ids)
-
-
-def test_data_max_len_keeps_the_last_events_of_each_history(tiny_data):
-    from trainer.main import capped_history
-
-    spec = FeatureSpec.read(tiny_data)
-    capped = capped_history(spec, 4)
-    assert capped.max_len == 4 and capped.short_len <= 4
-    assert capped_history(spec, None) is spec and capped_history(spec, spec.max_len + 1) is spec
-    pieces = rank_share(SamplesTable.open(tiny_data, spec).files("train"), 0, 1)
-    table = pa.concat_tables(read_pieces(pieces, 64))
-    full, cut = request_block(table, spec), request_block(table, capped)
-    full_lengths = full.history_end - full.history_begin
-    assert (cut.history_end == full.history_end).all()  # same end: the most recent events
-    assert ((cut.history_end - cut.history_begin) == np.minimum(full_lengths, 4)).all()
-    assert full_lengths.max() > 4  # the cap did cut

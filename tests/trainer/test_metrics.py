@@ -107,3 +107,27 @@ def test_gathered_metrics_equal_single_process_metrics():
     distributed = queue.get(timeout=60)
     single = compute_metrics(labels, logits, users)
     assert distributed == single
+
+
+def test_undefined_metrics_are_null_with_a_reason_never_nan():
+    import json
+
+    one_class = compute_metrics(np.ones(4), np.array([0.1, 0.2, 0.3, 0.4]), np.arange(4))
+    values = one_class.to_json()
+    assert values["auc"] is None and values["gauc"] is None
+    assert "one class" in values["undefined"]["auc"] and "both" in values["undefined"]["gauc"]
+    assert values["logloss"] is not None
+    json.dumps(values, allow_nan=False)  # valid JSON: would raise on NaN
+
+
+def test_constant_logloss_is_the_cross_entropy_of_a_constant_prediction():
+    labels = np.array([1.0, 0.0, 0.0, 0.0])
+    metrics = compute_metrics(labels, np.zeros(4), np.arange(4))
+    assert metrics.positive_rate == 0.25
+    expected = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert metrics.constant_logloss(0.25) == pytest.approx(expected)
+    # The model that predicts 0.25 everywhere scores exactly that logloss.
+    logit = math.log(0.25 / 0.75)
+    assert compute_metrics(labels, np.full(4, logit), np.arange(4)).logloss == pytest.approx(
+        expected
+    )

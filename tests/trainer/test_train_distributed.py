@@ -63,10 +63,13 @@ def test_two_process_run_writes_metrics_config_and_tensorboard(reference_run):
     assert "model=cain auc=" in process.stdout and "n_test=" in process.stdout
     assert (run_dir / "config.yaml").is_file()
     assert any((run_dir / "tb").iterdir())
-    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(path.name for path in checkpoints.glob("step_*")) == [
         "step_00000008",
         "step_00000012",
     ]
+    # No validation split: the run selects its last step (what scoring and warm starts take).
+    assert (checkpoints / "SELECTED").read_text().strip() == "step_00000012"
 
 
 def test_one_epoch_trains_on_every_train_sample(heavy_rows_data, tmp_path):
@@ -114,7 +117,7 @@ def test_resume_on_one_process_continues_and_evaluates_like_two(tiny_data, tmp_p
 
 def test_corrupted_shard_is_an_error_naming_the_file(tiny_data, tmp_path, reference_run):
     shutil.copytree(reference_run[0] / "checkpoints", tmp_path / "checkpoints")
-    for checkpoint in (tmp_path / "checkpoints").iterdir():
+    for checkpoint in (tmp_path / "checkpoints").glob("step_*"):
         shard = checkpoint / "__1_0.distcp"
         shard.write_bytes(shard.read_bytes()[:-10])  # truncated
     process = torchrun(_arguments(tiny_data, tmp_path, "train.max_steps=16"))
@@ -250,3 +253,112 @@ def test_single_gpu_run_with_nccl(tiny_data, tmp_path):
         )
     )
     assert _metrics(tmp_path)["steps"] == 4
+
+
+def test_checkpoints_store_the_resolved_model_config_and_code_version(reference_run):
+    from contract.config import to_plain
+    from model.registry import resolve_config
+
+    state = json.loads(
+        (reference_run[0] / "checkpoints" / "step_00000012" / "trainer_state.json").read_text()
+    )
+    options = {"embedding_dim": 8, "mlp_dims": [32, 16]}  # TINY_OVERRIDES' model fields
+    assert state["model_config"] == to_plain(resolve_config("cain", options))
+    assert state["code_version"]
+
+
+def test_warm_start_refuses_a_checkpoint_of_another_model_config(
+    tiny_data, tmp_path, reference_run
+):
+    process = torchrun(
+        _arguments(
+            tiny_data,
+            tmp_path / "run",
+            "train.max_steps=2",
+            f"train.warm_start={reference_run[0]}",
+            "model.context_length=3",  # the reference run used the default 7
+        ),
+        nproc=1,
+    )
+    assert process.returncode != 0
+    assert "context_length: 7 -> 3" in process.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_split_selects_an_epoch_and_the_report_uses_its_weights(tiny_data, tmp_path):
+    from trainer.metrics import compute_metrics
+    from trainer.predict import Scorer, score_split
+
+    _ok(
+        torchrun(
+            _arguments(
+                tiny_data,
+                tmp_path,
+                "data.validation_days=1",
+                "train.epochs=3",
+                "train.early_stopping_patience=1",
+                "train.dense_lr=0.02",
+            )
+        )
+    )
+    metrics = _metrics(tmp_path)
+    history = metrics["validation_history"]
+    assert 1 <= len(history) <= 3 and [entry["epoch"] for entry in history] == list(
+        range(1, len(history) + 1)
+    )
+    best = min(history, key=lambda entry: entry["logloss"])
+    assert (metrics["best_epoch"], metrics["best_step"]) == (best["epoch"], best["step"])
+    assert metrics["restored_best"] == (best["step"] != metrics["steps"])
+    # The validation day is never trained on: every epoch saw the other train days only.
+    spec = FeatureSpec.read(tiny_data)
+    assert metrics["data"]["samples"]["validation"] > 0
+    assert metrics["data"]["samples"]["train"] + metrics["data"]["samples"]["validation"] == (
+        spec.splits["train"].samples
+    )
+    assert metrics["n_train"] == metrics["data"]["samples"]["train"] * metrics["epochs_completed"]
+    # The reported test metrics come from the selected checkpoint, which scoring takes too.
+    selected = (tmp_path / "checkpoints" / "SELECTED").read_text().strip()
+    assert selected == f"step_{best['step']:08d}"
+    scores = score_split(Scorer.from_checkpoint(tmp_path), str(tiny_data), "test", 256)
+    rescored = compute_metrics(
+        scores.column("label").to_numpy(),
+        scores.column("logit").to_numpy(),
+        scores.column("user_id").to_numpy(),
+    )
+    assert rescored.auc == pytest.approx(metrics["auc"], abs=1e-5)
+
+
+def _rewrite_state(directory, change) -> None:
+    """Edit trainer_state.json and re-sign the manifest (as if another code version wrote it)."""
+    from trainer import checkpoint
+
+    state_file = directory / checkpoint.STATE_FILE
+    state = json.loads(state_file.read_text())
+    change(state["model_config"])
+    state_file.write_text(json.dumps(state))
+    manifest = json.loads((directory / checkpoint.MANIFEST).read_text())
+    manifest["files"][checkpoint.STATE_FILE] = {
+        "size": state_file.stat().st_size,
+        "sha256": checkpoint._sha256(state_file),
+    }
+    (directory / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda config: config.update(retired_switch=True), "model.retired_switch"),
+        (lambda config: config.pop("later_stride"), "later_stride: '<absent>' -> 4"),
+    ],
+)
+def test_scoring_refuses_a_stored_config_this_code_resolves_differently(
+    reference_run, tmp_path, change, message
+):
+    from trainer.checkpoint import CheckpointError
+    from trainer.predict import Scorer
+
+    copy = tmp_path / "step"
+    shutil.copytree(reference_run[0] / "checkpoints" / "step_00000012", copy)
+    _rewrite_state(copy, change)
+    with pytest.raises(CheckpointError, match=message):
+        Scorer.from_checkpoint(copy)

@@ -1,0 +1,77 @@
+"""Bad configs and unusable data stop every rank before any process group starts: one line from
+rank 0, exit code 2, no run directory (a regression test per failure users hit under torchrun)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from contract.feature_spec import FeatureSpec
+from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
+from trainer.synthetic_samples import write_synthetic_samples
+
+pytestmark = pytest.mark.distributed
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _without_test_rows(tiny_data: Path, root: Path) -> Path:
+    """The test day's rows deleted through Delta: the spec still names the day, no rows remain."""
+    _copy(tiny_data, root)
+    test_day = FeatureSpec.read(root).splits["test"].dates[0]
+    DeltaTable(str(root / "samples")).delete(f"date = '{test_day}'")
+    return root
+
+
+def _without_a_file(tiny_data: Path, root: Path) -> Path:
+    """A Parquet file deleted by hand: the Delta log still lists it."""
+    _copy(tiny_data, root)
+    next((root / "samples").rglob("*.parquet")).unlink()
+    return root
+
+
+# case -> (prepare the data root, overrides, the message, processes)
+CASES = {
+    "misspelled key": (lambda data, root: data, ["train.batch_sizee=5"], "train.batch_sizee", 2),
+    "unknown model": (lambda data, root: data, ["model.name=nope"], "unknown model 'nope'", 1),
+    "empty data directory": (lambda data, root: root.mkdir() or root, [], "no feature spec at", 1),
+    "deleted parquet file": (_without_a_file, [], "are missing", 2),
+    "empty test split": (_without_test_rows, [], "the test split", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_code_two_and_no_run_directory(case, tiny_data, tmp_path):
+    prepare, overrides, message, nproc = CASES[case]
+    data = prepare(tiny_data, tmp_path / "data")
+    run_dir = tmp_path / "run"
+    process = torchrun(
+        ["--data", str(data), "--output", str(run_dir), *TINY_OVERRIDES, *overrides], nproc=nproc
+    )
+    assert process.returncode != 0
+    ours = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and message in ours[0], process.stderr[-3000:]
+    # No Python traceback from our code on any rank (torchrun adds its own failure summary).
+    assert f'File "{REPO_ROOT / "trainer"}' not in process.stderr
+    assert "exitcode  : 2" in process.stderr  # the workers' exit code, as torchrun reports it
+    assert not run_dir.exists()
+
+
+def test_an_empty_split_in_a_fresh_build_is_refused(tmp_path):
+    """0 train samples (a build of bad input) would train nothing and report auc=NaN."""
+    root = tmp_path / "data"
+    write_synthetic_samples(root, users=4, days=2)
+    train_day = FeatureSpec.read(root).splits["train"].dates[0]
+    DeltaTable(str(root / "samples")).delete(f"date = '{train_day}'")
+    process = torchrun(
+        ["--data", str(root), "--output", str(tmp_path / "run"), *TINY_OVERRIDES], nproc=1
+    )
+    assert process.returncode != 0
+    assert "error: the train split" in process.stderr and "is empty" in process.stderr
+    assert not (tmp_path / "run").exists()
