@@ -48,9 +48,11 @@ def target_scores(
         raise ValueError(
             f"target ids up to {max(target_items)} are folded into an item table of {rows} rows"
         )
-    table = SamplesTable.open(str(data), scorer.builder.spec)
+    spec = scorer.builder.spec
+    table = SamplesTable.open(str(data), spec)
+    dates = spec.splits[split].dates if split in spec.splits else None
     stream = SampleStream(
-        rank_share(table.files(split), 0, 1),
+        rank_share(table.files(dates), 0, 1),
         scorer.builder,
         split=split,
         batch_size=4096,
