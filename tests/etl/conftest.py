@@ -29,11 +29,17 @@ def spark():
 
 @pytest.fixture(scope="session")
 def raw_log(tmp_path_factory) -> Path:
-    """A tiny seeded Taobao-format log with every kind of defect injected."""
+    """A tiny seeded Taobao-format log with every kind of defect injected.
+
+    The dense catalog (the generator's old default): 300 items all known from day 1, so most
+    requests find their 19 unseen negatives (test_point_in_time counts them); the long-tail
+    default would leave these 12 users a pool of a few dozen items per day.
+    """
     path = tmp_path_factory.mktemp("raw") / "UserBehavior.csv"
     synthetic.main(
         ["taobao", "--output", str(path), "--users", "12", "--items", "300", "--categories", "20",
-         "--days", "3", "--mean-events", "40", "--dirty-rate", "0.03", "--seed", "5"]
+         "--days", "3", "--mean-events", "40", "--dirty-rate", "0.03", "--seed", "5",
+         "--catalog", "dense"]
     )
     return path
 

@@ -1,0 +1,183 @@
+"""The runner end to end on tiny tables: real torchrun trainer runs, results, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import run
+from experiments.suites import Suite, Variant
+from trainer.synthetic_samples import write_synthetic_samples
+
+pytestmark = pytest.mark.distributed
+
+TINY = (
+    "model.embedding_dim=8",
+    "model.mlp_dims=[16,8]",
+    "train.batch_size=64",
+    "train.eval_batch_size=256",
+    "train.max_steps=3",
+    "data.shuffle_buffer_rows=32",
+    "data.read_rows=16",
+)
+SUITE = Suite(
+    "tiny",
+    "two variants of a figure",
+    baseline="no_context",
+    variants=(
+        Variant("no_context", "lap_tcn", ("model.context_length=-1",), x=-1),
+        Variant("context_1", "lap_tcn", ("model.context_length=1",), x=1),
+    ),
+    overrides=(),
+    max_len=12,
+    x_label="context length",
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_samples")
+    write_synthetic_samples(root, users=24, days=3, max_len=30, seed=4)
+    return root
+
+
+def settings(data: Path, output: Path) -> run.RunSettings:
+    return run.RunSettings(
+        data=data, output=output, seeds=(1, 2), overrides=TINY, nproc=1, timeout=300
+    )
+
+
+def test_a_suite_runs_every_variant_and_seed_then_resumes(data, tmp_path):
+    lines: list[str] = []
+    runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
+    assert failed == [] and len(runs) == 4
+    for variant in SUITE.variants:
+        for seed in (1, 2):
+            directory = tmp_path / variant.name / f"seed_{seed}"
+            metrics = json.loads((directory / "metrics.json").read_text())
+            assert metrics["seed"] == seed and metrics["model"] == "lap_tcn"
+            assert metrics["steps"] == 3
+            config = (directory / "config.yaml").read_text()
+            assert "max_history: 12" in config and f"seed: {seed}" in config
+    assert all("ETA" in line for line in lines)  # one progress line per run
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["variant"], r["seed"]) for r in results["runs"]} == {
+        (v.name, s) for v in SUITE.variants for s in (1, 2)
+    }
+    assert "| context_1 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "tiny.png").exists()
+    # Two seeds really are two different runs.
+    first, second = (
+        json.loads((tmp_path / "context_1" / f"seed_{s}" / "metrics.json").read_text())["logloss"]
+        for s in (1, 2)
+    )
+    assert first != second
+
+    # Resume: nothing runs again; one deleted result is run again, alone.
+    stamps = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*/seed_*/metrics.json")}
+    lines.clear()
+    runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
+    assert len(runs) == 4 and all("skipped" in line for line in lines)
+    assert stamps == {path: path.stat().st_mtime_ns for path in stamps}
+    (tmp_path / "context_1" / "seed_2" / "metrics.json").unlink()
+    lines.clear()
+    runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
+    assert len(runs) == 4 and sum("skipped" in line for line in lines) == 3
+    assert (tmp_path / "context_1" / "seed_2" / "metrics.json").exists()
+
+
+def test_a_failed_run_is_reported_and_the_rest_still_run(data, tmp_path):
+    broken = Suite(
+        "broken",
+        "one bad variant",
+        baseline="good",
+        variants=(Variant("good", "lap"), Variant("bad", "lap", ("model.no_such_key=1",))),
+        overrides=(),
+    )
+    lines: list[str] = []
+    runs, failed = run.run_suite(
+        broken,
+        run.RunSettings(
+            data=data, output=tmp_path, seeds=(1,), overrides=TINY, nproc=1, timeout=300
+        ),
+        log=lines.append,
+    )
+    assert failed == ["bad/seed_1"] and [r.variant for r in runs] == ["good"]
+    assert "no_such_key" in (tmp_path / "bad" / "seed_1" / "train.log").read_text()
+
+
+def test_cli_arguments_build_the_settings(tmp_path):
+    suite, settings_ = run.parse_arguments(
+        [
+            "fig5",
+            "--data",
+            str(tmp_path),
+            "--seeds",
+            "3",
+            "--max-len",
+            "64",
+            "--epochs",
+            "2",
+            "model.embedding_dim=32",
+        ]
+    )
+    assert suite.name == "fig5" and settings_.seeds == (1, 2, 3) and settings_.max_len == 64
+    assert settings_.overrides == ("train.epochs=2", "model.embedding_dim=32")
+    arguments = run.trainer_arguments(suite, suite.variants[0], 2, settings_, 1024)
+    assert arguments[arguments.index("--model") + 1] == "lap_tcn"
+    assert "data.max_history=64" in arguments
+    assert (
+        "data.max_history=30" in run.trainer_arguments(suite, suite.variants[0], 2, settings_, 30)
+        and "train.seed=2" in arguments
+    )
+    assert arguments[-1] == "model.embedding_dim=32"  # user overrides win
+
+
+def test_a_run_past_its_timeout_is_stopped_with_every_rank(data, tmp_path):
+    import subprocess
+
+    directory = tmp_path / "slow"
+    arguments = ["--data", str(data), "--model", "lap", "--output", str(directory), *TINY]
+    assert run.launch(arguments, directory, nproc=2, timeout=3) == 124
+    assert "stopped after 3 s" in (directory / "train.log").read_text()
+    left = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
+    assert left.stdout == ""  # neither torchrun nor a rank outlives the runner
+
+
+def test_planted_metrics_score_exactly_the_target_candidates(data, tmp_path):
+    from deltalake import DeltaTable
+
+    from experiments import planted_metrics
+
+    rows = DeltaTable(str(data / "samples")).to_pyarrow_table().to_pylist()
+    test_items = [
+        (row["user_id"], item, label)
+        for row in rows
+        if row["split"] == "test"
+        for item, label in zip(row["candidate_item_id"], row["candidate_label"], strict=True)
+    ]
+    positives = sorted({item for _, item, label in test_items if label == 1})
+    targets = set(positives[:40])  # "targets": items with a click, so both labels occur
+    design = tmp_path / "planted.json"
+    design.write_text(
+        json.dumps(
+            {
+                "strength": 0.4,
+                "pairs": [{"first": 0, "second": 0, "target": item} for item in sorted(targets)],
+                "active_users": list(range(1, 13)),
+            }
+        )
+    )
+    directory = tmp_path / "run"
+    arguments = ["--data", str(data), "--model", "lap", "--output", str(directory), *TINY]
+    assert run.launch(arguments, directory, nproc=1, timeout=300) == 0
+    settings_ = run.RunSettings(data=data, output=tmp_path, seeds=(1,), planted_design=design)
+    metrics = run.with_planted_metrics(directory, {"auc": 0.5}, settings_)
+    result = json.loads((directory / planted_metrics.RESULT_FILE).read_text())
+    chosen = [(user, label) for user, item, label in test_items if item in targets]
+    assert result["target_auc_samples"] == len(chosen)
+    assert result["target_auc_active_samples"] == sum(user <= 12 for user, _ in chosen)
+    assert 0.0 <= result["target_auc"] <= 1.0
+    assert metrics["target_auc"] == result["target_auc"] and metrics["auc"] == 0.5
