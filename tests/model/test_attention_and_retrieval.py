@@ -19,10 +19,12 @@ from model.layers.retrieval import (
     bucket_sums,
     gather_rows,
     masked_top_k,
+    matched_sums,
     read_buckets,
     signature_ids,
     unique_union,
 )
+from model.sdim import SDIMAttention, SDIMAttentionConfig, SumPath
 
 
 def lengths_mask(lengths: list[int], total: int) -> torch.Tensor:
@@ -170,6 +172,41 @@ def test_bucket_sums_match_a_loop():
     query_ids = torch.tensor([[[1, 2]], [[0, 7]]])
     picked = read_buckets(sums, query_ids)
     torch.testing.assert_close(picked[1, 0, 1], sums[1, 1, 7])
+
+
+@pytest.mark.parametrize("num_candidates", [1, 5])
+def test_matched_sums_equal_reading_the_bucket_sums_in_outputs_and_gradients(num_candidates):
+    torch.manual_seed(4)
+    history_ids = torch.randint(0, 8, (2, 9, 3))  # 3 signatures of 3 bits
+    query_ids = torch.randint(0, 8, (2, num_candidates, 3))
+    query_ids[1, 0] = history_ids[1, 8]  # a match on a padded position must not count
+    mask = lengths_mask([9, 6], 9)
+    values = torch.randn(2, 9, 4, requires_grad=True)
+    weights = torch.randn(2, num_candidates, 3, 4)
+    direct = matched_sums(history_ids, query_ids, values, mask)
+    through_buckets = read_buckets(bucket_sums(history_ids, values, mask, 8), query_ids)
+    torch.testing.assert_close(direct, through_buckets)
+    (gradient,) = torch.autograd.grad((direct * weights).sum(), values)
+    (expected,) = torch.autograd.grad((through_buckets * weights).sum(), values)
+    torch.testing.assert_close(gradient, expected)
+
+
+@pytest.mark.parametrize("num_candidates", [1, 20])
+def test_sdim_sum_paths_agree_in_outputs_and_gradients(num_candidates):
+    torch.manual_seed(6)
+    sdim = SDIMAttention(SDIMAttentionConfig(num_bits=6, bits_per_signature=3), 8, 10)
+    queries = torch.randn(2, num_candidates, 8)
+    keys = torch.randn(2, 9, 8)
+    values = torch.randn(2, 9, 10, requires_grad=True)
+    mask = lengths_mask([9, 4], 9)
+    results = []
+    for path in (SumPath.BUCKET_SUMS, SumPath.CANDIDATE_MATCHES):
+        sdim.sum_path = path
+        interest = sdim(queries, keys, values, mask).interest  # [R, C, Dv]
+        (gradient,) = torch.autograd.grad(interest.square().sum(), values)
+        results.append((interest, gradient))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
 
 
 def test_gather_rows_and_request_groups_round_trip():
