@@ -251,6 +251,25 @@ def test_dense_selection_path_equals_gathering_the_selection(use_bias, repeat):
         torch.testing.assert_close(dense_grad, gather_grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_candidates", [1, 3])
+def test_keys_that_are_the_values_are_gathered_once_with_the_same_result(num_candidates):
+    """Keys and values as one tensor (gathered once) vs as two equal tensors (gathered twice)."""
+    torch.manual_seed(8)
+    attention = TargetAttention(6, 6, 6, num_heads=2, head_dim=3)
+    attention.selection_path = SelectionPath.GATHER
+    queries = torch.randn(2, num_candidates, 6)
+    history = torch.randn(2, 9, 6, requires_grad=True)
+    indices = torch.randint(0, 9, (2, num_candidates, 2))  # C·K < L: rows gathered, then projected
+    valid = torch.rand(2, num_candidates, 2) > 0.2
+    upstream = torch.randn(2, num_candidates, 6)
+    shared = attention.forward_selected(queries, history, history, indices, valid)
+    (shared_gradient,) = torch.autograd.grad((shared * upstream).sum(), history)
+    separate = attention.forward_selected(queries, history, history.clone(), indices, valid)
+    (separate_gradient,) = torch.autograd.grad((separate * upstream).sum(), history)
+    torch.testing.assert_close(shared, separate)
+    torch.testing.assert_close(shared_gradient, separate_gradient)
+
+
 def test_last_dim_prelu_equals_its_definition_in_outputs_and_gradients():
     torch.manual_seed(6)
     prelu = LastDimPReLU(5)
