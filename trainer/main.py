@@ -104,8 +104,12 @@ def train(config: Config) -> dict[str, Any]:
     spec = FeatureSpec.read(config.data.root)
     model_config = resolve_config(config.model.name, config.model.options)
     layout = table_layout(spec, model_config.max_table_rows)
-    # The sparse arch on the meta device: DMP materialises only this rank's shards.
-    sparse_arch = embedding_collection(layout, model_config.embedding_dim, torch.device("meta"))
+    # The sparse arch on the meta device: DMP materialises only this rank's shards. Without side
+    # features it has no side tables (batches still carry those keys; the lookup skips them).
+    model_tables = table_layout(spec, model_config.max_table_rows, model_config.use_side_features)
+    sparse_arch = embedding_collection(
+        model_tables, model_config.embedding_dim, torch.device("meta")
+    )
     module = CTRTrain(build_model(config.model.name, spec, model_config, sparse_arch=sparse_arch))
     builder = BatchBuilder(spec, layout)
     samples = SamplesTable.open(config.data.root, spec, config.data.version)
