@@ -20,9 +20,13 @@ returning user whose filters are cached).
 `VARIANTS` names switch settings that are not registered models (`cain_b32`: CAIN with a rank-32
 TCN, `tcn_bottleneck_dim=32`).
 
-Peer defaults are lighter than the papers' (TWIN 1 head, SDIM 1 signature × 4 bits, top-k 50);
-`PEER_SETTINGS` applies them so the comparison is like for like. The body runs without side
-features (the peer's histories have none).
+Peer defaults are lighter than the papers' (TWIN, SIM's ESU and ETA 1 head, SDIM 1 signature ×
+4 bits, ETA 32 hash bits, top-k 50, a 1-head short-term attention); `PEER_SETTINGS` applies them so
+the comparison is like for like. The body runs without side features (the peer's histories have
+none). What stays different: our profile features (top categories, demographics, statistics: 195
+more MLP inputs), DIN's short-term branch (the peer's DIN has none), SDIM's L2 normalisation of
+each bucket sum (the paper's; the peer's default skips it), and one head of width 128 where the
+peer projects to 64 and back (W_o).
 
 The peer in the same run (`--peer PYTHON --peer-longctr DIR`): for each model it has (DIN, SIM,
 ETA, SDIM, TWIN) and each length, the peer's training step is timed right after ours by
@@ -73,11 +77,14 @@ PEER_RESULT_MARK = "@@RESULT@@ "  # the harness's marker of its result line
 PEER_INFERENCE_LENGTH = 1000
 
 BODY = {"embedding_dim": 64, "mlp_dims": [2048, 1024], "use_side_features": False}
+# The peer's short-term branch is a 1-head target attention over the last 49 items (ours defaults
+# to DIN's activation unit); its DIN has none, and ours cannot switch it off, so din keeps ours.
+PEER_SHORT_TERM = {"short_term_attention": "multi_head", "short_term_heads": 1}
 PEER_SETTINGS: dict[str, dict[str, object]] = {
-    "twin": {"twin.num_heads": 1, "twin.top_k": 50},
-    "sdim": {"sdim.num_bits": 4, "sdim.bits_per_signature": 4},
-    "sim_soft": {"sim_soft.top_k": 50},
-    "eta": {"eta.top_k": 50},
+    "twin": {**PEER_SHORT_TERM, "twin.num_heads": 1, "twin.top_k": 50},
+    "sdim": {**PEER_SHORT_TERM, "sdim.num_bits": 4, "sdim.bits_per_signature": 4},
+    "sim_soft": {**PEER_SHORT_TERM, "sim_soft.top_k": 50, "sim_soft.num_heads": 1},
+    "eta": {**PEER_SHORT_TERM, "eta.top_k": 50, "eta.num_bits": 32, "eta.num_heads": 1},
 }
 # Benchmark-only names for switch settings of a registered model: name -> (model, overrides).
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
