@@ -22,11 +22,21 @@ from torch import nn
 
 
 def gather_rows(rows: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """rows [R, L, *F], indices [R, C, K] (positions in L) -> [R, C, K, *F]."""
-    num_requests, length = rows.shape[:2]
-    flat = rows.reshape(num_requests * length, *rows.shape[2:])  # [R*L, *F]
-    offsets = torch.arange(num_requests, device=rows.device) * length  # [R]
-    return flat[indices + offsets[:, None, None]]
+    """rows [R, L, *F], indices [R, C, K] (positions in L) -> [R, C, K, *F].
+
+    One `torch.gather` along L (the index expanded over F, never materialised). Its backward
+    scatter-adds into a fresh [R, L, F] zero tensor, which autograd then accumulates in place with
+    the history's other gradients (e.g. the short-term window's). Advanced indexing
+    (`flat[indices + offsets]`, the same values) returned its gradient as a view of a flattened
+    buffer, and autograd sums into a view out of place: a new [R, L, F] tensor per extra gradient.
+    For the same reason 3-d rows are not reshaped (a reshape's backward is such a view).
+    """
+    num_requests, num_candidates, num_selected = indices.shape
+    features = rows.shape[2:]
+    flat = rows if rows.dim() == 3 else rows.reshape(num_requests, rows.shape[1], -1)  # [R, L, F]
+    index = indices.reshape(num_requests, num_candidates * num_selected, 1)  # [R, C*K, 1]
+    picked = torch.gather(flat, 1, index.expand(-1, -1, flat.shape[-1]))  # [R, C*K, F]
+    return picked.view(num_requests, num_candidates, num_selected, *features)
 
 
 def masked_top_k(

@@ -209,6 +209,20 @@ def test_sdim_sum_paths_agree_in_outputs_and_gradients(num_candidates):
     torch.testing.assert_close(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("features", [(), (3,), (2, 3)])
+def test_gather_rows_equals_indexing_in_outputs_and_gradients(features):
+    torch.manual_seed(9)
+    rows = torch.randn(3, 7, *features, requires_grad=True)
+    indices = torch.randint(0, 7, (3, 4, 5))  # repeats included
+    picked = gather_rows(rows, indices)
+    expected = rows[torch.arange(3)[:, None, None], indices]  # [R, C, K, *F]
+    torch.testing.assert_close(picked, expected, rtol=0, atol=0)
+    upstream = torch.randn_like(expected)
+    (gradient,) = torch.autograd.grad((picked * upstream).sum(), rows)
+    (expected_gradient,) = torch.autograd.grad((expected * upstream).sum(), rows)
+    torch.testing.assert_close(gradient, expected_gradient)
+
+
 def test_gather_rows_and_request_groups_round_trip():
     rows = torch.arange(2 * 5 * 3).float().view(2, 5, 3)
     picked = gather_rows(rows, torch.tensor([[[4, 0]], [[2, 2]]]))
