@@ -53,4 +53,4 @@ if ((total > limit)); then
   exit 1
 fi
 echo 'device command (run tool, carry [".device"], timeout_s 600):'
-echo 'for w in .device/wheels/*.whl; do python3 -m zipfile -e "$w" /tmp/site; done; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; nvidia-smi -L; timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/model/test_gpu.py; timeout 420 python3 benchmarks/gpu_benchmark.py --out $OUT/gpu --budget-s 400'
+echo 'for w in .device/wheels/*.whl; do python3 -m zipfile -e "$w" /tmp/site; done; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; nvidia-smi -L; timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/model/test_gpu.py; timeout 330 python3 benchmarks/gpu_benchmark.py --out $OUT/gpu --budget-s 300'
