@@ -20,9 +20,26 @@ returning user whose filters are cached).
 `VARIANTS` names switch settings that are not registered models (`cain_b32`: CAIN with a rank-32
 TCN, `tcn_bottleneck_dim=32`).
 
-Peer defaults are lighter than the papers' (TWIN 1 head, SDIM 1 signature × 4 bits, top-k 50);
-`PEER_SETTINGS` applies them so the comparison is like for like. The body runs without side
-features (the peer's histories have none).
+Peer defaults are lighter than the papers' (TWIN, SIM's ESU and ETA 1 head, SDIM 1 signature ×
+4 bits, ETA 32 hash bits, top-k 50, a 1-head short-term attention); `PEER_SETTINGS` applies them so
+the comparison is like for like. The body runs without side features (the peer's histories have
+none). What stays different: our profile features (top categories, demographics, statistics: 195
+more MLP inputs), DIN's short-term branch (the peer's DIN has none), SDIM's L2 normalisation of
+each bucket sum (the paper's; the peer's default skips it), and one head of width 128 where the
+peer projects to 64 and back (W_o).
+
+The peer in the same run (`--peer PYTHON --peer-longctr DIR`): for each model it has (DIN, SIM,
+ETA, SDIM, TWIN) and each length, the peer's training step is timed right after ours by
+`benchmarks/fuxictr_bench.py` (a copy of the shared harness, see its docstring) in a fresh
+process of the peer's interpreter, at the same batch, threads, steps and warm-ups (its request
+latency at L=1000 comes from the same process). Ratios ours / peer are printed and written per
+model and length, next to the GEMM rate measured before and after the run; only numbers from one
+run are compared (the peer's numbers in PEERS.md are another machine's and are not used here).
+Peer setup (venv with fuxictr 2.3.10, its LongCTR model zoo): `scripts/setup_peer_env.sh`.
+
+    python benchmarks/model_benchmark.py --models eta sdim --lengths 100 1000 \
+        --peer ~/.cache/cain/peer-venv/bin/python \
+        --peer-longctr ~/.cache/cain/fuxictr-2.3.10/model_zoo/LongCTR
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,26 +64,27 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.config import to_plain  # noqa: E402
 from model.layers.temporal_convolution import TemporalConvolution  # noqa: E402
-from model.registry import build_model, config_to_dict, resolve_config  # noqa: E402
+from model.registry import build_model, resolve_config  # noqa: E402
 from model.synthetic_batch import synthetic_batch, tiny_feature_spec  # noqa: E402
 from model.train_wrapper import CTRTrain  # noqa: E402
 
-PEER = {  # PEERS.md, GEMM 180 GFLOP/s in that run
-    "din": {"100": 1604, "1000": 111, "2000": 40, "inference_ms": [208, 255]},
-    "sim_soft": {"100": 1427, "1000": 267, "2000": 144, "inference_ms": [69, 84]},
-    "eta": {"100": 2054, "1000": 437, "2000": 191, "inference_ms": [76, 106]},
-    "sdim": {"100": 2522, "1000": 376, "2000": 234, "inference_ms": [85, 99]},
-    "twin": {"100": 1898, "1000": 248, "2000": 138, "inference_ms": [120, 153]},
-}
-PEER_GEMM_GFLOPS = 180.0
+# The peer's class for each of our models it implements (reczoo/FuxiCTR model_zoo/LongCTR).
+PEER_MODELS = {"din": "DIN", "sim_soft": "SIM", "eta": "ETA", "sdim": "SDIM", "twin": "TWIN"}
+PEER_HARNESS = Path(__file__).resolve().parent / "fuxictr_bench.py"
+PEER_RESULT_MARK = "@@RESULT@@ "  # the harness's marker of its result line
+PEER_INFERENCE_LENGTH = 1000
 
 BODY = {"embedding_dim": 64, "mlp_dims": [2048, 1024], "use_side_features": False}
+# The peer's short-term branch is a 1-head target attention over the last 49 items (ours defaults
+# to DIN's activation unit); its DIN has none, and ours cannot switch it off, so din keeps ours.
+PEER_SHORT_TERM = {"short_term_attention": "multi_head", "short_term_heads": 1}
 PEER_SETTINGS: dict[str, dict[str, object]] = {
-    "twin": {"twin.num_heads": 1, "twin.top_k": 50},
-    "sdim": {"sdim.num_bits": 4, "sdim.bits_per_signature": 4},
-    "sim_soft": {"sim_soft.top_k": 50},
-    "eta": {"eta.top_k": 50},
+    "twin": {**PEER_SHORT_TERM, "twin.num_heads": 1, "twin.top_k": 50},
+    "sdim": {**PEER_SHORT_TERM, "sdim.num_bits": 4, "sdim.bits_per_signature": 4},
+    "sim_soft": {**PEER_SHORT_TERM, "sim_soft.top_k": 50, "sim_soft.num_heads": 1},
+    "eta": {**PEER_SHORT_TERM, "eta.top_k": 50, "eta.num_bits": 32, "eta.num_heads": 1},
 }
 # Benchmark-only names for switch settings of a registered model: name -> (model, overrides).
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
@@ -183,36 +202,90 @@ def inference_ms(name: str, args: argparse.Namespace, **extra: object) -> list[f
     return [statistics.median(times), quantiles[98]]
 
 
-def markdown_table(results: dict[str, dict], lengths: list[int], gflops: float) -> str:
-    header = "| model | " + " | ".join(f"L={n} samples/s (peer)" for n in lengths)
-    header += " | GFLOP/sample L=1000 | inference p50 / p99 ms (peer) |"
+def peer_step(name: str, length: int, args: argparse.Namespace) -> dict[str, object]:
+    """The peer's training step (and its 100-candidate request at L=1000) for our model `name`,
+    timed by the harness in a fresh process of the peer's interpreter at our settings."""
+    argv = [
+        args.peer,
+        str(PEER_HARNESS),
+        "--child",
+        PEER_MODELS[name],
+        str(length),
+        "--longctr-dir",
+        str(Path(args.peer_longctr).resolve()),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--infer-len",
+        str(PEER_INFERENCE_LENGTH),
+        "--infer-calls",
+        "0" if args.skip_inference else str(args.inference_runs),
+        "--infer-warmup",
+        "3",
+        "--count-flops",
+        "1",
+    ]
+    # The harness's own parent sets these for its children; OMP_WAIT_POLICY is ours (see top).
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env.pop("PYTHONPATH", None)  # our packages (model/, trainer/) stay out of the peer's path
+    try:
+        process = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=args.peer_timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {args.peer_timeout} s"}
+    lines = [x for x in process.stdout.splitlines() if x.startswith(PEER_RESULT_MARK)]
+    if process.returncode != 0 or not lines:
+        tail = (process.stderr or process.stdout)[-1500:]
+        return {"error": f"rc={process.returncode}: {tail}"}
+    result = json.loads(lines[-1][len(PEER_RESULT_MARK) :])
+    result.pop("constructor_defaults", None)  # effective_hparams keeps what was used
+    return result
+
+
+def markdown_table(results: dict[str, dict], lengths: list[int], gemm: list[float]) -> str:
+    """Ours, and where the peer ran in the same run: peer and ours / peer."""
+    header = "| model | " + " | ".join(f"L={n} samples/s: ours / peer = ratio" for n in lengths)
+    header += " | GFLOP/sample L=1000 ours / peer | request p50 / p99 ms, 100 candidates (peer) |"
     lines = [header, "|" + "---|" * (len(lengths) + 3)]
     for name, result in results.items():
-        peer = PEER.get(name, {})
         cells = []
         for length in lengths:
             ours = result["train"].get(str(length))
             if ours is None:
                 cells.append("–")
                 continue
-            theirs = peer.get(str(length))
-            cells.append(
-                f"{ours['samples_per_s']:.0f}" + (f" ({theirs})" if theirs is not None else "")
-            )
-        flops = result["train"].get("1000", {}).get("flops_per_sample")
-        flops_cell = f"{flops / 1e9:.2f}" if flops is not None else "–"
+            cell = f"{ours['samples_per_s']:.0f}"
+            peer = ours.get("peer")
+            if peer is not None:
+                cell += (
+                    f" / {peer['samples_per_s']:.0f} = **{ours['ours_over_peer']:.2f}**"
+                    if "samples_per_s" in peer
+                    else " / peer error"
+                )
+            cells.append(cell)
+        at_1000 = result["train"].get("1000", {})
+        flops = at_1000.get("flops_per_sample")
+        flops_cell = f"{flops / 1e9:.3f}" if flops is not None else "–"
+        peer_flops = at_1000.get("peer", {}).get("flops_per_sample")
+        if peer_flops is not None:
+            flops_cell += f" / {peer_flops / 1e9:.3f}"
         inference = result.get("inference_ms")
         inference_cell = f"{inference[0]:.1f} / {inference[1]:.1f}" if inference else "–"
-        if inference and "inference_ms" in peer:
-            inference_cell += f" ({peer['inference_ms'][0]} / {peer['inference_ms'][1]})"
+        peer_inference = result.get("inference_peer_ms")
+        if inference and peer_inference:
+            inference_cell += f" ({peer_inference[0]:.0f} / {peer_inference[1]:.0f})"
         cached = result.get("inference_peg_cached_ms")
         if cached:
             inference_cell += f"; PEG cached {cached[0]:.1f} / {cached[1]:.1f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {flops_cell} | {inference_cell} |")
-    return (
-        "\n".join(lines)
-        + f"\n\nGEMM 2048² fp32 in these runs (median): {gflops:.0f} GFLOP/s (peer run: 180)."
-    )
+    rates = " / ".join(f"{g:.0f}" for g in gemm)
+    return "\n".join(lines) + f"\n\nGEMM 2048² fp32 in this run, before / after: {rates} GFLOP/s."
 
 
 def main() -> None:
@@ -237,7 +310,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--inference-runs", type=int, default=30)
     parser.add_argument("--output", default="benchmarks/results/models.json")
+    parser.add_argument(
+        "--peer",
+        metavar="PYTHON",
+        help="interpreter of the peer's venv (fuxictr 2.3.10): time the peer in the same run",
+    )
+    parser.add_argument("--peer-longctr", metavar="DIR", help="the peer's model_zoo/LongCTR")
+    parser.add_argument("--peer-timeout", type=int, default=1800, help="seconds per peer run")
     args = parser.parse_args()
+    if args.peer and not args.peer_longctr:
+        parser.error("--peer needs --peer-longctr")
     torch.set_num_threads(args.threads)
     output_path = Path(args.output)
     previous = json.loads(output_path.read_text()) if args.merge and output_path.exists() else {}
@@ -248,16 +330,38 @@ def main() -> None:
     results: dict[str, dict] = previous.get("results", {})
     for name in args.models:
         entry = results.setdefault(name, {"train": {}})
-        entry["config"] = config_to_dict(resolve_config(*model_and_overrides(name)))
+        entry["config"] = to_plain(resolve_config(*model_and_overrides(name)))
         del entry["config"]["mlp_dims"]  # the same for all models: see setup.body
+        entry.pop("inference_peer_ms", None)
         for length in args.lengths:
             measured = train_step_seconds(name, length, args.candidates_per_request, args)
             entry["train"][str(length)] = measured
             print(
                 f"{name:>14} L={length:<5} {measured['samples_per_s']:8.0f} samples/s "
-                f"{measured['flops_per_sample'] / 1e9:7.3f} GFLOP/sample",
+                f"{measured['flops_per_sample'] / 1e9:7.3f} GFLOP/sample "
+                f"({measured['flops_per_sample'] * measured['samples_per_s'] / 1e9:.0f} GFLOP/s)",
                 flush=True,
             )
+            if args.peer and name in PEER_MODELS and args.candidates_per_request == 1:
+                peer = peer_step(name, length, args)
+                measured["peer"] = peer
+                if "error" in peer:
+                    print(f"{'peer':>14} L={length:<5} ERROR {peer['error']}", flush=True)
+                    continue
+                measured["ours_over_peer"] = measured["samples_per_s"] / peer["samples_per_s"]
+                peer_flops = peer.get("flops_per_sample")
+                print(
+                    f"{'peer ' + PEER_MODELS[name]:>14} L={length:<5} "
+                    f"{peer['samples_per_s']:8.0f} samples/s "
+                    + (f"{peer_flops / 1e9:7.3f} GFLOP/sample " if peer_flops else "")
+                    + f"-> ours / peer {measured['ours_over_peer']:.2f}",
+                    flush=True,
+                )
+                if "infer_p50_s" in peer:
+                    entry["inference_peer_ms"] = [
+                        peer["infer_p50_s"] * 1000,
+                        peer["infer_p99_s"] * 1000,
+                    ]
         if not args.skip_inference:
             entry["inference_ms"] = inference_ms(name, args)
             p50, p99 = entry["inference_ms"]
@@ -288,6 +392,16 @@ def main() -> None:
             "gemm_gflops": [gflops_before, gflops_after],
             "load_average": [load_before, load_after],
             "threads": args.threads,
+            "peer": {"python": args.peer, "longctr": args.peer_longctr} if args.peer else None,
+            "ours_over_peer": {
+                name: {
+                    key: round(value["ours_over_peer"], 3)
+                    for key, value in results[name]["train"].items()
+                    if key in map(str, args.lengths) and "ours_over_peer" in value
+                }
+                for name in args.models
+                if name in results
+            },
         }
     ]
     gflops = statistics.median([g for run in runs for g in run["gemm_gflops"]])
@@ -305,7 +419,7 @@ def main() -> None:
         rounded = {key: round(value, 2) for key, value in ratios[name].items()}
         print(f"{name} step time / LAP step time:", rounded)
     lengths = sorted({int(k) for entry in results.values() for k in entry["train"]})
-    print(markdown_table(results, lengths, gflops))
+    print(markdown_table(results, lengths, [gflops_before, gflops_after]))
     output = {
         "machine": {
             "platform": platform.platform(),
@@ -330,7 +444,6 @@ def main() -> None:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "results": results,
         "cain_over_lap_step_time": ratios,
-        "peer": {"models": PEER, "gemm_gflops": PEER_GEMM_GFLOPS},
     }
     output_path.parent.mkdir(parents=True, exist_ok=True)
     output_path.write_text(json.dumps(output, indent=2))

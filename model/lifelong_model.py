@@ -214,8 +214,8 @@ class LifelongCTRModel(nn.Module):
         config: the model's resolved config (a BodyConfig subclass).
         spec: the feature spec (demographics, dense features, short_len).
         sparse_arch: the EmbeddingCollection with the tables of `model.tables.table_layout(spec,
-            config.max_table_rows)` at `config.embedding_dim` (the trainer builds it; `build_model`
-            builds one when none is given).
+            config.max_table_rows, config.use_side_features)` (or more) at `config.embedding_dim`
+            (the trainer builds it; `build_model` builds one when none is given).
     """
 
     def __init__(
@@ -260,7 +260,8 @@ def check_sparse_arch(sparse_arch: EmbeddingCollection, spec: FeatureSpec, confi
     """The collection must serve every feature the spec implies, at the config's dim."""
     tables = sparse_arch.embedding_configs()
     served = {name for table in tables for name in table.feature_names}
-    needed = set(table_layout(spec, config.max_table_rows).rows_for_feature())
+    layout = table_layout(spec, config.max_table_rows, config.use_side_features)
+    needed = set(layout.rows_for_feature())
     if not needed <= served:
         raise ValueError(f"sparse arch has no table for features {sorted(needed - served)}")
     dims = {table.embedding_dim for table in tables}

@@ -96,7 +96,6 @@ def build_model(
     if config is None or isinstance(config, Mapping):
         config = resolve_config(name, config)
     if sparse_arch is None:
-        sparse_arch = embedding_collection(
-            table_layout(spec, config.max_table_rows), config.embedding_dim, device
-        )
+        layout = table_layout(spec, config.max_table_rows, config.use_side_features)
+        sparse_arch = embedding_collection(layout, config.embedding_dim, device)
     return MODELS[name][1](config, spec, sparse_arch)

@@ -8,7 +8,10 @@
 
 No top-k and no per-candidate pass over the history: the bucket sums are request-only work. The
 projection is fixed (not trained); gradients reach the embeddings through the sums. SDIM itself
-has no dense parameters.
+has no dense parameters. With few candidates per request (training: one) the candidates' sums
+are cheaper computed directly (`SumPath.CANDIDATE_MATCHES`, one matmul of match indicators with
+the history) than through every bucket: the same sums, chosen by `sum_path` (AUTO picks the
+direct path when a request has fewer candidates than buckets per signature).
 
 `with_esu` switches to the "SDIM + ESU" variant TWIN's paper compares: the number of colliding
 signatures is the GSU score, the top `top_k` go to a multi-head ESU (`num_heads`).
@@ -23,6 +26,7 @@ N = 2^τ buckets, Dk key width, Dv value width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +39,19 @@ from model.layers.retrieval import (
     SimHash,
     bucket_sums,
     masked_top_k,
+    matched_sums,
     read_buckets,
     signature_ids,
 )
 from model.lifelong_model import BodyConfig, LifelongCTRModel, LongTermOutput, RawHistoryArch
+
+
+class SumPath(Enum):
+    """How SDIM reaches each candidate's bucket sums (equal results)."""
+
+    AUTO = "auto"  # CANDIDATE_MATCHES when a request has fewer candidates than 2^τ buckets
+    BUCKET_SUMS = "bucket_sums"  # every (signature, bucket) sum once per request, then read
+    CANDIDATE_MATCHES = "candidate_matches"  # per candidate: match indicators [L] x history
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class SDIMAttention(nn.Module):
             else None
         )
         self.output_dim = self.esu.output_dim if self.esu is not None else value_dim
+        self.sum_path = SumPath.AUTO
 
     def forward(
         self,
@@ -86,9 +100,17 @@ class SDIMAttention(nn.Module):
             collisions = (query_ids[:, :, None, :] == history_ids[:, None, :, :]).sum(-1)
             index, valid = masked_top_k(collisions.to(keys.dtype), mask, self.config.top_k)
             return LongTermOutput(self.esu.forward_selected(queries, keys, values, index, valid))
-        sums = bucket_sums(history_ids, values, mask, 2**tau)  # [R, G, N, Dv]
-        picked = read_buckets(sums, query_ids)  # [R, C, G, Dv]
+        if self._candidate_matches(query_ids.shape[1], 2**tau):
+            picked = matched_sums(history_ids, query_ids, values, mask)  # [R, C, G, Dv]
+        else:
+            sums = bucket_sums(history_ids, values, mask, 2**tau)  # [R, G, N, Dv]
+            picked = read_buckets(sums, query_ids)  # [R, C, G, Dv]
         return LongTermOutput(F.normalize(picked, dim=-1).mean(2))  # [R, C, Dv]
+
+    def _candidate_matches(self, num_candidates: int, num_buckets: int) -> bool:
+        if self.sum_path is not SumPath.AUTO:
+            return self.sum_path is SumPath.CANDIDATE_MATCHES
+        return num_candidates < num_buckets
 
 
 @dataclass(frozen=True)

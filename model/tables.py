@@ -48,8 +48,18 @@ class TableLayout:
         ]
 
 
-def table_layout(spec: FeatureSpec, max_rows: int) -> TableLayout:
-    """Rows are the id range (max id + 1) capped at `max_rows`, beyond which ids are hashed."""
+# Tables read only by the history's side features (behavior, time gap, watch time).
+SIDE_FEATURE_TABLES = ("behavior", "time_gap", "watch_time")
+
+
+def table_layout(spec: FeatureSpec, max_rows: int, side_features: bool = True) -> TableLayout:
+    """Rows are the id range (max id + 1) capped at `max_rows`, beyond which ids are hashed.
+
+    side_features=False leaves out `SIDE_FEATURE_TABLES`: the layout of the sparse arch of a model
+    that does not use side features (`use_side_features` off). Its EmbeddingCollection then
+    ignores those keys of a batch instead of looking up three embeddings per history item that
+    nothing reads. Batches are built with the full layout either way.
+    """
     rows = {
         "item": min(spec.max_item_id + 1, max_rows),
         "category": min(spec.max_category_id + 1, max_rows),
@@ -68,6 +78,9 @@ def table_layout(spec: FeatureSpec, max_rows: int) -> TableLayout:
         table = f"demographic_{field_name}"
         rows[table] = cardinality
         features[table] = (Keys.demographic(field_name),)
+    if not side_features:
+        rows = {table: n for table, n in rows.items() if table not in SIDE_FEATURE_TABLES}
+        features = {table: keys for table, keys in features.items() if table in rows}
     return TableLayout(rows=rows, features=features)
 
 

@@ -260,8 +260,11 @@ def planned_steps(config: Config, train_samples: int, world_size: int) -> int:
 
 
 def build_model(config: Config, data: Data, group: ProcessGroup) -> Model:
-    # The sparse arch on the meta device: DMP materialises only this rank's shards.
-    layout = table_layout(data.spec, data.model_config.max_table_rows)
+    # The sparse arch on the meta device: DMP materialises only this rank's shards. Without side
+    # features it has no side tables (batches still carry those keys; the lookup skips them).
+    layout = table_layout(
+        data.spec, data.model_config.max_table_rows, data.model_config.use_side_features
+    )
     sparse_arch = embedding_collection(
         layout, data.model_config.embedding_dim, torch.device("meta")
     )

@@ -198,6 +198,24 @@ class TargetAttention(nn.Module):
         weights = normalize_scores(scores, mask[:, None, None, :], self.use_softmax)
         return self.pool(weights, values)  # [R, C, H*E]
 
+    def project_selected(
+        self, keys: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected keys and values of the selected rows: [R, C, K, H, E] each.
+
+        keys [R, L, Dk]; values [R, L, Dv]; indices [R, C, K]. When keys and values are one tensor
+        (a body without side features) and the rows are gathered before they are projected, they
+        are gathered once: one index, and one scatter of its gradient into a zero [R, L, D]
+        history instead of two plus their sum.
+        """
+        if keys is values and indices.shape[1] * indices.shape[2] < keys.shape[1]:
+            rows = gather_rows(keys, indices)  # [R, C, K, Dk]
+            return self.project_keys(rows), self.project_values(rows)
+        return (
+            _project_rows(keys, indices, self.project_keys),
+            _project_rows(values, indices, self.project_values),
+        )
+
     def _dense_selection(self, indices: torch.Tensor, length: int) -> bool:
         if self.selection_path is not SelectionPath.AUTO:
             return self.selection_path is SelectionPath.DENSE
@@ -238,11 +256,18 @@ class TargetAttention(nn.Module):
         score_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward_selected` that also returns the weights: ([R, C, H, K], [R, C, H·E])."""
-        scores = self.scores_at(queries, keys, indices)  # [R, C, H, K]
+        dense = self._dense_selection(indices, keys.shape[1])
+        if dense:
+            scores = self.scores_at(queries, keys, indices)  # [R, C, H, K]
+        else:  # = scores_at / pool_at's gathering path, the rows gathered once for both
+            projected_keys, projected_values = self.project_selected(keys, values, indices)
+            scores = score_selected(self.project_queries(queries), projected_keys)
         if score_bias is not None:
             scores = scores + gather_rows(score_bias, indices).permute(0, 1, 3, 2)
         weights = normalize_scores(scores, valid[:, :, None, :], self.use_softmax)
-        return weights, self.pool_at(weights, values, indices)
+        if dense:
+            return weights, self.pool_at(weights, values, indices)
+        return weights, pool_selected(weights, projected_values)  # [R, C, H·E]
 
     def forward_selected(
         self,

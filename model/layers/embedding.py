@@ -14,7 +14,8 @@ only say side information is attached to each behavior).
 
 Padding: histories are right-padded with exact zeros, by plain torch index operations (`padded`),
 not fbgemm's jagged kernels: the dense model then runs on any device with any fbgemm build (the
-CPU build of fbgemm has no CUDA kernels). A zero vector past the end of the sequence
+CPU build of fbgemm has no CUDA kernels); a batch whose histories all have the padded length is
+a view of the looked-up rows (no copy). A zero vector past the end of the sequence
 is what the paper's zero-padding of the TCN means, so the padded layout needs no special casing in
 the convolution; every later stage masks padded positions with the mask.
 
@@ -71,16 +72,28 @@ def _pool_mean(jagged: JaggedTensor, num_rows: int) -> torch.Tensor:
     return total / lengths.clamp(min=1).to(values.dtype)[:, None]
 
 
-def padded(values: torch.Tensor, lengths: torch.Tensor, length: int) -> torch.Tensor:
+def padded(
+    values: torch.Tensor, lengths: torch.Tensor, length: int, shortest: int, longest: int
+) -> torch.Tensor:
     """Jagged rows [N, D] (row r has lengths[r] vectors) -> right-padded [R, length, D], zeros
     past each row's end (rows longer than `length` are cut). Plain torch ops (no fbgemm kernel),
-    differentiable in `values`, so it runs on any device and fbgemm build."""
+    differentiable in `values`, so it runs on any device and fbgemm build.
+
+    `shortest` and `longest` are min(lengths) and max(lengths), which the caller reads from the
+    device once for all the tensors it pads. They choose the cheapest of three equal paths: every
+    row full (`shortest == longest == length`): a view of `values`, no copy in either direction;
+    no row cut (`longest <= length`): one scatter into zeros; otherwise the rows are cut first.
+    """
     num_rows = lengths.shape[0]
+    if shortest == longest == length:
+        return values.view(num_rows, length, values.shape[-1])
     rows = torch.repeat_interleave(torch.arange(num_rows, device=values.device), lengths)  # [N]
     starts = torch.cumsum(lengths, 0) - lengths  # [R]
     positions = torch.arange(values.shape[0], device=values.device) - starts[rows]  # [N]
-    keep = positions < length
     output = values.new_zeros((num_rows, length, values.shape[-1]))
+    if longest <= length:
+        return output.index_put((rows, positions), values)
+    keep = positions < length
     return output.index_put((rows[keep], positions[keep]), values[keep])
 
 
@@ -132,7 +145,12 @@ class EmbeddingLayout(nn.Module):
         )  # [B, 2D]
 
         history_lengths = looked_up[Keys.HISTORY_ITEM].lengths()  # [R]
-        longest = int(history_lengths.max().item()) if history_lengths.numel() else 0
+        # Shortest and longest history in one read from the device; they pick `padded`'s path.
+        shortest, longest = (
+            torch.stack(torch.aminmax(history_lengths)).tolist()
+            if history_lengths.numel()
+            else (0, 0)
+        )
         length = max(longest, 1) if self.pad_history_to is None else self.pad_history_to
 
         # Concatenated before padding: one padded copy instead of two plus a concatenation.
@@ -143,6 +161,8 @@ class EmbeddingLayout(nn.Module):
             ),
             history_lengths,
             length,
+            shortest,
+            longest,
         )  # [R, L, 2D]
         history_side = (
             padded(
@@ -151,6 +171,8 @@ class EmbeddingLayout(nn.Module):
                 + looked_up[Keys.HISTORY_WATCH_TIME].values(),
                 history_lengths,
                 length,
+                shortest,
+                longest,
             )
             if self.use_side_features
             else None

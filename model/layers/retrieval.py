@@ -6,7 +6,10 @@
   embeddings the attention uses, and the hash itself is not differentiated.
 - `bucket_sums` is SDIM's sampling: each history item falls into one bucket per signature, the
   bucket sums are computed once per request, and each candidate reads the buckets its own
-  signatures point at — no per-candidate pass over the history.
+  signatures point at — no per-candidate pass over the history. `matched_sums` computes the same
+  candidate sums directly, as one matmul per request of the candidates' match indicators with the
+  history: cheaper when a request has few candidates (training), since it skips the scatter into
+  every bucket and its backward (equal results, tested).
 
 Letters: R requests, C candidates per request, L history length, K selected, M hash bits,
 G signatures (M / T), T bits per signature, D width.
@@ -19,11 +22,21 @@ from torch import nn
 
 
 def gather_rows(rows: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """rows [R, L, *F], indices [R, C, K] (positions in L) -> [R, C, K, *F]."""
-    num_requests, length = rows.shape[:2]
-    flat = rows.reshape(num_requests * length, *rows.shape[2:])  # [R*L, *F]
-    offsets = torch.arange(num_requests, device=rows.device) * length  # [R]
-    return flat[indices + offsets[:, None, None]]
+    """rows [R, L, *F], indices [R, C, K] (positions in L) -> [R, C, K, *F].
+
+    One `torch.gather` along L (the index expanded over F, never materialised). Its backward
+    scatter-adds into a fresh [R, L, F] zero tensor, which autograd then accumulates in place with
+    the history's other gradients (e.g. the short-term window's). Advanced indexing
+    (`flat[indices + offsets]`, the same values) returned its gradient as a view of a flattened
+    buffer, and autograd sums into a view out of place: a new [R, L, F] tensor per extra gradient.
+    For the same reason 3-d rows are not reshaped (a reshape's backward is such a view).
+    """
+    num_requests, num_candidates, num_selected = indices.shape
+    features = rows.shape[2:]
+    flat = rows if rows.dim() == 3 else rows.reshape(num_requests, rows.shape[1], -1)  # [R, L, F]
+    index = indices.reshape(num_requests, num_candidates * num_selected, 1)  # [R, C*K, 1]
+    picked = torch.gather(flat, 1, index.expand(-1, -1, flat.shape[-1]))  # [R, C*K, F]
+    return picked.view(num_requests, num_candidates, num_selected, *features)
 
 
 def masked_top_k(
@@ -98,6 +111,25 @@ def read_buckets(sums: torch.Tensor, query_bucket_ids: torch.Tensor) -> torch.Te
     index = query_bucket_ids.permute(0, 2, 1)  # [R, G, C]
     picked = torch.gather(sums, 2, index[..., None].expand(-1, -1, -1, sums.shape[-1]))
     return picked.permute(0, 2, 1, 3)  # [R, C, G, D]
+
+
+def matched_sums(
+    history_bucket_ids: torch.Tensor,
+    query_bucket_ids: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """= read_buckets(bucket_sums(history_bucket_ids, values, mask, N), query_bucket_ids).
+
+    history_bucket_ids [R, L, G]; query_bucket_ids [R, C, G]; values [R, L, D]; mask [R, L]
+    -> [R, C, G, D]: per candidate and signature, the sum of the real history values that share
+    the candidate's bucket.
+    """
+    num_requests, num_candidates, num_signatures = query_bucket_ids.shape
+    same_bucket = query_bucket_ids[:, :, :, None] == history_bucket_ids.permute(0, 2, 1)[:, None]
+    weights = (same_bucket & mask[:, None, None, :]).to(values.dtype)  # [R, C, G, L]
+    sums = weights.flatten(1, 2) @ values  # [R, C·G, L] x [R, L, D]
+    return sums.view(num_requests, num_candidates, num_signatures, values.shape[-1])
 
 
 def unique_union(indices: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,10 +19,12 @@ from model.layers.retrieval import (
     bucket_sums,
     gather_rows,
     masked_top_k,
+    matched_sums,
     read_buckets,
     signature_ids,
     unique_union,
 )
+from model.sdim import SDIMAttention, SDIMAttentionConfig, SumPath
 
 
 def lengths_mask(lengths: list[int], total: int) -> torch.Tensor:
@@ -172,6 +174,55 @@ def test_bucket_sums_match_a_loop():
     torch.testing.assert_close(picked[1, 0, 1], sums[1, 1, 7])
 
 
+@pytest.mark.parametrize("num_candidates", [1, 5])
+def test_matched_sums_equal_reading_the_bucket_sums_in_outputs_and_gradients(num_candidates):
+    torch.manual_seed(4)
+    history_ids = torch.randint(0, 8, (2, 9, 3))  # 3 signatures of 3 bits
+    query_ids = torch.randint(0, 8, (2, num_candidates, 3))
+    query_ids[1, 0] = history_ids[1, 8]  # a match on a padded position must not count
+    mask = lengths_mask([9, 6], 9)
+    values = torch.randn(2, 9, 4, requires_grad=True)
+    weights = torch.randn(2, num_candidates, 3, 4)
+    direct = matched_sums(history_ids, query_ids, values, mask)
+    through_buckets = read_buckets(bucket_sums(history_ids, values, mask, 8), query_ids)
+    torch.testing.assert_close(direct, through_buckets)
+    (gradient,) = torch.autograd.grad((direct * weights).sum(), values)
+    (expected,) = torch.autograd.grad((through_buckets * weights).sum(), values)
+    torch.testing.assert_close(gradient, expected)
+
+
+@pytest.mark.parametrize("num_candidates", [1, 20])
+def test_sdim_sum_paths_agree_in_outputs_and_gradients(num_candidates):
+    torch.manual_seed(6)
+    sdim = SDIMAttention(SDIMAttentionConfig(num_bits=6, bits_per_signature=3), 8, 10)
+    queries = torch.randn(2, num_candidates, 8)
+    keys = torch.randn(2, 9, 8)
+    values = torch.randn(2, 9, 10, requires_grad=True)
+    mask = lengths_mask([9, 4], 9)
+    results = []
+    for path in (SumPath.BUCKET_SUMS, SumPath.CANDIDATE_MATCHES):
+        sdim.sum_path = path
+        interest = sdim(queries, keys, values, mask).interest  # [R, C, Dv]
+        (gradient,) = torch.autograd.grad(interest.square().sum(), values)
+        results.append((interest, gradient))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("features", [(), (3,), (2, 3)])
+def test_gather_rows_equals_indexing_in_outputs_and_gradients(features):
+    torch.manual_seed(9)
+    rows = torch.randn(3, 7, *features, requires_grad=True)
+    indices = torch.randint(0, 7, (3, 4, 5))  # repeats included
+    picked = gather_rows(rows, indices)
+    expected = rows[torch.arange(3)[:, None, None], indices]  # [R, C, K, *F]
+    torch.testing.assert_close(picked, expected, rtol=0, atol=0)
+    upstream = torch.randn_like(expected)
+    (gradient,) = torch.autograd.grad((picked * upstream).sum(), rows)
+    (expected_gradient,) = torch.autograd.grad((expected * upstream).sum(), rows)
+    torch.testing.assert_close(gradient, expected_gradient)
+
+
 def test_gather_rows_and_request_groups_round_trip():
     rows = torch.arange(2 * 5 * 3).float().view(2, 5, 3)
     picked = gather_rows(rows, torch.tensor([[[4, 0]], [[2, 2]]]))
@@ -212,6 +263,25 @@ def test_dense_selection_path_equals_gathering_the_selection(use_bias, repeat):
     torch.testing.assert_close(dense_pooled, gather_pooled, rtol=1e-5, atol=1e-5)
     for dense_grad, gather_grad in zip(dense_grads, gather_grads, strict=True):
         torch.testing.assert_close(dense_grad, gather_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_candidates", [1, 3])
+def test_keys_that_are_the_values_are_gathered_once_with_the_same_result(num_candidates):
+    """Keys and values as one tensor (gathered once) vs as two equal tensors (gathered twice)."""
+    torch.manual_seed(8)
+    attention = TargetAttention(6, 6, 6, num_heads=2, head_dim=3)
+    attention.selection_path = SelectionPath.GATHER
+    queries = torch.randn(2, num_candidates, 6)
+    history = torch.randn(2, 9, 6, requires_grad=True)
+    indices = torch.randint(0, 9, (2, num_candidates, 2))  # C·K < L: rows gathered, then projected
+    valid = torch.rand(2, num_candidates, 2) > 0.2
+    upstream = torch.randn(2, num_candidates, 6)
+    shared = attention.forward_selected(queries, history, history, indices, valid)
+    (shared_gradient,) = torch.autograd.grad((shared * upstream).sum(), history)
+    separate = attention.forward_selected(queries, history, history.clone(), indices, valid)
+    (separate_gradient,) = torch.autograd.grad((separate * upstream).sum(), history)
+    torch.testing.assert_close(shared, separate)
+    torch.testing.assert_close(shared_gradient, separate_gradient)
 
 
 def test_last_dim_prelu_equals_its_definition_in_outputs_and_gradients():

@@ -7,13 +7,15 @@ import math
 
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from contract.config import to_plain
+from model.batch import Keys
 from model.cain import CAINConfig, MajorAttention, PEGPlacement
 from model.layers.temporal_convolution import PEGMode
 from model.registry import MODELS, build_model, resolve_config
 from model.synthetic_batch import synthetic_batch, tiny_feature_spec
-from model.tables import embedding_collection, table_layout
+from model.tables import SIDE_FEATURE_TABLES, embedding_collection, table_layout
 
 
 def test_the_paper_models_are_registered():
@@ -100,6 +102,35 @@ def test_a_sparse_arch_that_does_not_fit_the_model_is_refused():
     too_few = embedding_collection(table_layout(no_demographics, config.max_table_rows), 4)
     with pytest.raises(ValueError, match="profile_age"):
         build_model("lap", spec, config, sparse_arch=too_few)
+
+
+def test_without_side_features_the_sparse_arch_has_no_side_tables_and_ignores_those_ids():
+    spec = tiny_feature_spec(max_len=12)
+    config = {"embedding_dim": 4, "mlp_dims": [8], "use_side_features": False}
+    torch.manual_seed(0)
+    model = build_model("eta", spec, config).eval()
+    tables = {table.name for table in model.sparse_arch.embedding_configs()}
+    assert tables.isdisjoint(SIDE_FEATURE_TABLES) and {"item", "category"} <= tables
+    batch = synthetic_batch(spec, 3, (1, 2), seed=2)
+    features = batch.sparse_features
+    side_keys = [key for key in features.keys() if key in Keys.HISTORY[2:]]
+    shifted_values = features.values().clone()
+    rows = table_layout(spec, 1 << 22).rows_for_feature()
+    for key in side_keys:  # another valid side id for every history item
+        start = features.offset_per_key()[features.keys().index(key)]
+        end = start + features[key].values().numel()
+        shifted_values[start:end] = (shifted_values[start:end] + 1) % rows[key]
+    shifted = dataclasses.replace(
+        batch,
+        sparse_features=KeyedJaggedTensor(
+            keys=features.keys(), values=shifted_values, lengths=features.lengths()
+        ),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(shifted), model(batch), rtol=0, atol=0)
+    # A full collection (side tables included) still serves such a model.
+    full = embedding_collection(table_layout(spec, 1 << 22), 4)
+    build_model("eta", spec, config, sparse_arch=full)
 
 
 def test_synthetic_batch_is_seeded_and_fits_the_tables():

@@ -188,6 +188,25 @@ def test_pipeline_matches_the_plain_loop_with_row_wise_sharding(tiny_data, tmp_p
         assert results["true"][key] == pytest.approx(results["false"][key], abs=1e-5), key
 
 
+def test_a_model_without_side_features_trains_with_no_side_tables(tiny_data, tmp_path):
+    """Its sparse arch has no behavior/time-gap/watch-time tables; the batches still carry those
+    keys, which the sharded lookup (row-wise, pipelined) must skip."""
+    _ok(
+        torchrun(
+            _arguments(
+                tiny_data,
+                tmp_path,
+                "train.max_steps=4",
+                "train.sharding_type=row_wise",
+                "train.pipeline=true",
+                "model.use_side_features=false",
+            )
+        )
+    )
+    metrics = _metrics(tmp_path)
+    assert METRIC_KEYS <= set(metrics) and metrics["n_train"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
