@@ -84,9 +84,15 @@ def tap_filters(weights: torch.Tensor, stride: int, outputs_per_row: int) -> tor
     """[..., D, C, K] -> T [..., Q, S·C, u·D] with T_q[p·C + c, t·D + o] = W[o, c, q·S + p - t·s]
     (zero where that tap is outside [0, K))."""
     *lead, out_dim, in_dim, width = weights.shape
-    span = outputs_per_row * stride
+    num_rows, span = tap_rows(width, stride, outputs_per_row), outputs_per_row * stride
+    if outputs_per_row == 1:  # T_q[p·C + c, o] = W[o, c, q·s + p]: one copy of the filters
+        if num_rows * stride > width:
+            weights = F.pad(weights, (0, num_rows * stride - width))  # zero taps past K
+        grouped = weights.unflatten(-1, (num_rows, stride))  # [..., D, C, Q, s]
+        grouped = grouped.movedim((-2, -1), (-4, -3))  # [..., Q, s, D, C]
+        return grouped.transpose(-2, -1).reshape(*lead, num_rows, span * in_dim, out_dim)
     device = weights.device
-    offsets = torch.arange(tap_rows(width, stride, outputs_per_row), device=device)  # q
+    offsets = torch.arange(num_rows, device=device)  # q
     phases = torch.arange(span, device=device)  # p
     slots = torch.arange(outputs_per_row, device=device)  # t
     taps = offsets[:, None, None] * span + phases[:, None] - slots * stride  # [Q, S, u]
@@ -97,7 +103,7 @@ def tap_filters(weights: torch.Tensor, stride: int, outputs_per_row: int) -> tor
     )
     gathered = tap_major[..., taps, :, :]  # [..., Q, S, u, C, D]
     gathered = gathered.transpose(-3, -2)  # [..., Q, S, C, u, D]
-    return gathered.reshape(*lead, taps.shape[0], span * in_dim, outputs_per_row * out_dim)
+    return gathered.reshape(*lead, num_rows, span * in_dim, outputs_per_row * out_dim)
 
 
 def tap_gemm_convolution(

@@ -71,11 +71,21 @@ class TCNKernel(Enum):
 TAP_GEMM_KERNELS = (TCNKernel.TAP_GEMM, TCNKernel.TAP_GEMM_FLOAT32_SUM)
 
 
-def resolve_kernel(kernel: TCNKernel, device: torch.device, personal: bool) -> TCNKernel:
-    """The kernel AUTO stands for on `device` (any other kernel stands for itself)."""
+# CPU: below this many output positions (R·L') the tap GEMM's ~3·Q small GEMM calls cost more than
+# oneDNN's one convolution (0.3-0.5x at 80-400 positions, ≈1x at 2 000-6 000, 1.1-1.3x above).
+CPU_TAP_GEMM_MIN_POSITIONS = 4096
+
+
+def resolve_kernel(
+    kernel: TCNKernel, device: torch.device, personal: bool, output_positions: int
+) -> TCNKernel:
+    """The kernel AUTO stands for (any other kernel stands for itself); see the module docstring.
+    output_positions: R·L' of the convolution."""
     if kernel is not TCNKernel.AUTO:
         return kernel
     if device.type == "cuda":
+        return TCNKernel.TAP_GEMM
+    if not personal and output_positions >= CPU_TAP_GEMM_MIN_POSITIONS:
         return TCNKernel.TAP_GEMM
     return TCNKernel.CONV
 
@@ -93,7 +103,8 @@ def convolve_global(
 ) -> torch.Tensor:
     """One filter for everybody. inputs [R, L, Din]; weight [Dout, Din, K] -> [R, L', Dout]."""
     width = weight.shape[-1]
-    kernel = resolve_kernel(kernel, inputs.device, personal=False)
+    positions = inputs.shape[0] * output_length(inputs.shape[1], stride)
+    kernel = resolve_kernel(kernel, inputs.device, personal=False, output_positions=positions)
     if kernel is TCNKernel.CONV:
         output = F.conv1d(inputs.transpose(1, 2), weight, stride=stride, padding=width // 2)
         return output.transpose(1, 2)
@@ -134,7 +145,8 @@ def convolve_personal(
     at L=100: 1.3-2x on 256 requests).
     """
     out_dim, width = weights.shape[1], weights.shape[-1]
-    kernel = resolve_kernel(kernel, inputs.device, personal=True)
+    positions = inputs.shape[0] * output_length(inputs.shape[1], stride)
+    kernel = resolve_kernel(kernel, inputs.device, personal=True, output_positions=positions)
     if kernel is TCNKernel.CONV and output_length(inputs.shape[1], stride) > 2 * out_dim:
         return grouped_convolution(inputs, weights, stride)
     if kernel in TAP_GEMM_KERNELS:

@@ -162,10 +162,14 @@ def test_tap_gemm_on_cuda_matches_cpu_reference(
         assert relative_error(got.cpu(), expected) < BFLOAT16_RELATIVE_ERROR
 
 
-def test_auto_picks_tap_gemm_on_cuda():
+def test_auto_picks_tap_gemm_on_cuda_and_for_large_global_convolutions_on_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for personal in (False, True):
-        assert resolve_kernel(TCNKernel.AUTO, torch.device("cuda"), personal) is TCNKernel.TAP_GEMM
-    assert resolve_kernel(TCNKernel.CONV, torch.device("cuda"), True) is TCNKernel.CONV
+        assert resolve_kernel(TCNKernel.AUTO, cuda, personal, 10) is TCNKernel.TAP_GEMM
+        assert resolve_kernel(TCNKernel.CONV, cuda, personal, 10) is TCNKernel.CONV
+    assert resolve_kernel(TCNKernel.AUTO, cpu, False, 64_000) is TCNKernel.TAP_GEMM
+    assert resolve_kernel(TCNKernel.AUTO, cpu, False, 100) is TCNKernel.CONV
+    assert resolve_kernel(TCNKernel.AUTO, cpu, True, 64_000) is TCNKernel.CONV
 
 
 @pytest.mark.parametrize("context_length,stride", [(0, 1), (2, 1), (3, 4)])
