@@ -301,7 +301,14 @@ def test_peg_modes_run_and_keep_the_width(mode):
 @pytest.mark.parametrize("kernel", KERNELS, ids=[k.value for k in KERNELS])
 @pytest.mark.parametrize(
     "peg_mode,stride,bottleneck_dim",
-    [(None, 1, None), (PEGMode.REPLACE, 4, None), (PEGMode.SUM, 2, None), (PEGMode.CONCAT, 2, 2)],
+    [
+        (None, 1, None),
+        (PEGMode.REPLACE, 4, None),
+        (PEGMode.SUM, 2, None),
+        (None, 2, 2),
+        (PEGMode.REPLACE, 2, 2),
+        (PEGMode.CONCAT, 2, 2),
+    ],
 )
 def test_every_kernel_layer_matches_reference_and_padding_never_contributes(
     kernel, peg_mode, stride, bottleneck_dim
