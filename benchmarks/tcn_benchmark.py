@@ -2,7 +2,7 @@
 Prints numbers; asserts nothing; writes JSON after every item.
 
     python benchmarks/tcn_benchmark.py                                  # CPU, R=64, fp32
-    python benchmarks/tcn_benchmark.py --device cuda --dtype bf16 --requests 1536
+    python benchmarks/tcn_benchmark.py --device cuda --dtype bf16 --requests 1536   # tcn_cuda.json
 
 Shapes (CAIN at history length L): layer 1, [R, L, 192] -> [R, L, 128], K = 15, stride 1; a later
 layer, [R, L, 128] -> [R, L/4, 128], K = 15, stride 4. Each with one global filter [Dout, Din, K]
@@ -10,8 +10,8 @@ and with personal (PEG) filters [R, Dout, Din, K] that are leaves here (the gene
 them in CAIN is timed on its own as `peg_generator`: profile [R, 64] -> 32 -> Dout·Din·K).
 
 Timed: `convolve_global` / `convolve_personal` with each `TCNKernel` (and `tap_gemm_convolution`
-with 2 and 4 outputs per row), inputs and filters requiring grad; forward under no_grad, and
-forward + backward of <output, ones>. `--dtype bf16` runs them under bf16 autocast (as training
+with 2 outputs per row, and 4 on CUDA), inputs and filters requiring grad; forward under no_grad,
+and forward + backward of <output, ones>. `--dtype bf16` runs them under bf16 autocast (as training
 with autocast would). FLOPs per forward: 2·R·L'·Din·Dout·K (backward: twice that), so achieved
 GFLOP/s = 3 × forward FLOPs / (forward + backward time). A square matmul in the same run and
 dtype (2048², and 8192² on CUDA; 2048² fp32 always), timed before every round and at the end,
@@ -160,7 +160,8 @@ def summary(
     items: list[dict], gemm_rate: float, args: argparse.Namespace, device: torch.device
 ) -> dict:
     """Per shape and filter type: each kernel's fastest forward + backward, its speed-up over
-    CONV and its share of the GEMM rate, and what AUTO picks there."""
+    CONV (fastest over fastest, and the median over rounds of the same ratio within a round,
+    where the two ran minutes apart at most), its share of the GEMM rate, and what AUTO picks."""
     table: dict[str, dict] = {}
     for item in items:
         if "forward_backward" in item and item["kernel"] != "peg_generator":
@@ -168,15 +169,25 @@ def summary(
     result = {}
     for key, kernels in table.items():
         shape, filters = key.split("/")
-        conv = kernels.get("conv", {}).get("forward_backward", {}).get("min_s")
+        conv_times = kernels.get("conv", {}).get("forward_backward", {}).get("times_s", [])
+        conv = min(conv_times, default=None)
         positions = args.requests * output_length(args.length, SHAPES[shape][3])
         auto = resolve_kernel(TCNKernel.AUTO, device, filters == "personal", positions)
         cells = {}
         for label, item in kernels.items():
-            fastest = item["forward_backward"]["min_s"]
+            times = item["forward_backward"]["times_s"]
+            fastest = min(times)
+            per_round = [
+                min(conv_times[start : start + args.repeats])
+                / min(times[start : start + args.repeats])
+                for start in range(0, min(len(times), len(conv_times)), args.repeats)
+            ]
             cells[label] = {
                 "forward_backward_ms": 1e3 * fastest,
                 "speedup_vs_conv": conv / fastest if conv else None,
+                "speedup_vs_conv_within_rounds": statistics.median(per_round)
+                if per_round
+                else None,
                 "share_of_gemm_rate": 3 * item["forward_flops"] / fastest / 1e9 / gemm_rate,
             }
         result[key] = {"auto_picks": auto.value, "kernels": cells}
@@ -195,13 +206,18 @@ def main() -> None:
         "--kernels",
         nargs="+",
         default=None,
-        help="kernel values and tap_gemm_u<n>; default: all (tap_gemm_float32_sum only in bf16)",
+        help="kernel values and tap_gemm_u<n>; default: all but auto (tap_gemm_float32_sum only "
+        "in bf16, tap_gemm_u4 only on CUDA)",
     )
     parser.add_argument("--rounds", type=int, default=None, help="passes over all items")
     parser.add_argument("--warmup", type=int, default=None, help="runs before each item's timing")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per item and round")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default="benchmarks/results/tcn.json")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="default: benchmarks/results/tcn.json on CPU, tcn_cuda.json on CUDA",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -210,7 +226,9 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, cuda_value if on_cuda else cpu_value)
     if args.kernels is None:
-        args.kernels = ["reference", "conv", "tap_gemm", "tap_gemm_u2", "tap_gemm_u4"]
+        args.kernels = ["reference", "conv", "tap_gemm", "tap_gemm_u2"]
+        if on_cuda:  # on CPU u = 4 lost everywhere (0.3-0.9x of conv; personal filters 0.1-0.3x)
+            args.kernels.append("tap_gemm_u4")
         if args.dtype != "fp32":
             args.kernels.insert(3, "tap_gemm_float32_sum")
     torch.set_num_threads(args.threads)
@@ -260,7 +278,8 @@ def main() -> None:
     items = [
         {"shape": shape, "filters": filters, "kernel": label} for shape, filters, label in plan
     ]
-    output_path = Path(args.output)
+    results = Path(__file__).resolve().parent / "results"
+    output_path = Path(args.output or results / ("tcn.json" if not on_cuda else "tcn_cuda.json"))
     output_path.parent.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
@@ -328,10 +347,15 @@ def main() -> None:
     print(f"wrote {output_path}")
     for key, entry in summary(items, gemm_rate, args, device).items():
         cells = ", ".join(
-            f"{label} {cell['speedup_vs_conv']:.2f}x" if cell["speedup_vs_conv"] else label
+            f"{label} {cell['speedup_vs_conv']:.2f}x ({cell['speedup_vs_conv_within_rounds']:.2f}x)"
+            if cell["speedup_vs_conv"]
+            else label
             for label, cell in entry["kernels"].items()
         )
-        print(f"{key}: fastest fwd+bwd vs conv: {cells}; auto picks {entry['auto_picks']}")
+        print(
+            f"{key}: conv time / kernel time, fastest (within rounds): {cells}; "
+            f"auto picks {entry['auto_picks']}"
+        )
 
 
 if __name__ == "__main__":
