@@ -486,15 +486,18 @@ class Bench:
     def count_flops(self, step: Callable[[], object], model: nn.Module) -> float:
         """Matmul/conv FLOPs of one call of `step`, the TCN on its unfold reference (FlopCounterMode
         counts a grouped convolution's backward as if it had one group)."""
+        from model.layers.temporal_convolution import TCNKernel
+
         convolutions = [m for m in model.modules() if isinstance(m, self.TemporalConvolution)]
+        kernels = [convolution.kernel for convolution in convolutions]
         for convolution in convolutions:
-            convolution.fast = False
+            convolution.kernel = TCNKernel.REFERENCE
         try:
             with FlopCounterMode(display=False) as counter:
                 step()
         finally:
-            for convolution in convolutions:
-                convolution.fast = True
+            for convolution, kernel in zip(convolutions, kernels, strict=True):
+                convolution.kernel = kernel
         return float(counter.get_total_flops())
 
     def time_steps(self, step: Callable[[], object]) -> dict[str, object]:

@@ -65,7 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contract.config import to_plain  # noqa: E402
-from model.layers.temporal_convolution import TemporalConvolution  # noqa: E402
+from model.layers.temporal_convolution import TCNKernel, TemporalConvolution  # noqa: E402
 from model.registry import build_model, resolve_config  # noqa: E402
 from model.synthetic_batch import synthetic_batch, tiny_feature_spec  # noqa: E402
 from model.train_wrapper import CTRTrain  # noqa: E402
@@ -162,12 +162,13 @@ def train_step_seconds(
         seed=5,
     )
     convolutions = [m for m in model.modules() if isinstance(m, TemporalConvolution)]
+    kernels = [convolution.kernel for convolution in convolutions]
     for convolution in convolutions:
-        convolution.fast = False
+        convolution.kernel = TCNKernel.REFERENCE
     with FlopCounterMode(display=False) as counter:
         step(flop_batch)
-    for convolution in convolutions:
-        convolution.fast = True
+    for convolution, kernel in zip(convolutions, kernels, strict=True):
+        convolution.kernel = kernel
     times = []
     for index in range(args.warmup + args.steps):
         start = time.perf_counter()

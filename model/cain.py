@@ -26,7 +26,8 @@ Switches (paper defaults unless marked "unpublished"):
   `peg_hidden_dim` 32 (unpublished). The generated filter shares the layer's bias b_c.
 - Activation between TCN layers: ReLU (unpublished); each layer's linear output feeds its
   attention.
-- `fast_convolution` = True: conv1d / grouped conv; False runs the unfold reference.
+- `tcn_kernel` = AUTO: how the TCN convolves (`TCNKernel`): per-tap GEMMs on CUDA, the fastest
+  measured kernel on CPU; REFERENCE runs the unfold reference.
 - `tcn_bottleneck_dim` (not in the paper; default None = the paper's full Dv -> Dk filters): b
   makes every TCN layer a rank-b convolution (project to b, convolve b -> b with global / PEG
   filters, project to Dk), about K·Dv·Dk / (K·b² + (Dv + Dk)·b) times cheaper (≈10x at b = 32).
@@ -54,7 +55,7 @@ from model.lap import LAPAttention, LAPAttentionConfig
 from model.layers.attention import TargetAttention
 from model.layers.context import BidirectionalGRUContext, SelfAttentionContext
 from model.layers.embedding import EmbeddedBatch
-from model.layers.temporal_convolution import PEGMode, TemporalConvNet
+from model.layers.temporal_convolution import PEGMode, TCNKernel, TemporalConvNet
 from model.lifelong_model import BodyConfig, LifelongCTRModel, LongTermOutput
 from model.sdim import SDIMAttention, SDIMAttentionConfig
 from model.sim_soft import SIMSoftAttention, SIMSoftAttentionConfig
@@ -108,7 +109,7 @@ class CAINConfig(BodyConfig):
         PEGInput.TOP_CATEGORIES,
     )
     peg_hidden_dim: int = 32
-    fast_convolution: bool = True
+    tcn_kernel: TCNKernel = TCNKernel.AUTO
     tcn_bottleneck_dim: int | None = None
     peg_cache_size: int = 0
     lap: LAPAttentionConfig = field(default_factory=LAPAttentionConfig)
@@ -187,7 +188,7 @@ class MultiScopeArch(nn.Module):
             peg_layers=[peg_layers[i] for i in tcn_layers],
             profile_dim=profile_dim,
             peg_hidden_dim=config.peg_hidden_dim,
-            fast=config.fast_convolution,
+            kernel=config.tcn_kernel,
             bottleneck_dim=config.tcn_bottleneck_dim,
             peg_cache_size=config.peg_cache_size,
         )

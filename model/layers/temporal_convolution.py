@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers.tap_gemm import tap_gemm_convolution
+
 
 class PEGMode(Enum):
     """How a layer combines personalized and global filters (paper Table 6)."""
@@ -56,6 +58,38 @@ def output_length(length: int, stride: int) -> int:
     return -(-length // stride)
 
 
+class TCNKernel(Enum):
+    """How a TCN layer computes its convolutions (see the module docstring)."""
+
+    AUTO = "auto"  # TAP_GEMM on CUDA; on CPU the fastest measured kernel for the shape
+    REFERENCE = "reference"  # unfold + matmul / bmm
+    CONV = "conv"  # F.conv1d; personal filters: grouped conv for long outputs, else unfold + bmm
+    TAP_GEMM = "tap_gemm"  # one GEMM per tap, adding into the output in the compute dtype
+    TAP_GEMM_FLOAT32_SUM = "tap_gemm_float32_sum"  # per-tap products summed in fp32
+
+
+TAP_GEMM_KERNELS = (TCNKernel.TAP_GEMM, TCNKernel.TAP_GEMM_FLOAT32_SUM)
+
+
+# CPU: below this many output positions (R·L') the tap GEMM's ~3·Q small GEMM calls cost more than
+# oneDNN's one convolution (0.3-0.5x at 80-400 positions, ≈1x at 2 000-6 000, 1.1-1.3x above).
+CPU_TAP_GEMM_MIN_POSITIONS = 4096
+
+
+def resolve_kernel(
+    kernel: TCNKernel, device: torch.device, personal: bool, output_positions: int
+) -> TCNKernel:
+    """The kernel AUTO stands for (any other kernel stands for itself); see the module docstring.
+    output_positions: R·L' of the convolution."""
+    if kernel is not TCNKernel.AUTO:
+        return kernel
+    if device.type == "cuda":
+        return TCNKernel.TAP_GEMM
+    if not personal and output_positions >= CPU_TAP_GEMM_MIN_POSITIONS:
+        return TCNKernel.TAP_GEMM
+    return TCNKernel.CONV
+
+
 def _windows(inputs: torch.Tensor, width: int, stride: int) -> torch.Tensor:
     """[R, L, Din] -> [R, L', Din*K]: the zero-padded window around each output center."""
     half = width // 2
@@ -65,13 +99,19 @@ def _windows(inputs: torch.Tensor, width: int, stride: int) -> torch.Tensor:
 
 
 def convolve_global(
-    inputs: torch.Tensor, weight: torch.Tensor, stride: int, fast: bool = True
+    inputs: torch.Tensor, weight: torch.Tensor, stride: int, kernel: TCNKernel = TCNKernel.AUTO
 ) -> torch.Tensor:
     """One filter for everybody. inputs [R, L, Din]; weight [Dout, Din, K] -> [R, L', Dout]."""
     width = weight.shape[-1]
-    if fast:
+    positions = inputs.shape[0] * output_length(inputs.shape[1], stride)
+    kernel = resolve_kernel(kernel, inputs.device, personal=False, output_positions=positions)
+    if kernel is TCNKernel.CONV:
         output = F.conv1d(inputs.transpose(1, 2), weight, stride=stride, padding=width // 2)
         return output.transpose(1, 2)
+    if kernel in TAP_GEMM_KERNELS:
+        return tap_gemm_convolution(
+            inputs, weight, stride, accumulate_in_float32=kernel is TCNKernel.TAP_GEMM_FLOAT32_SUM
+        )
     return _windows(inputs, width, stride) @ weight.flatten(1).T
 
 
@@ -92,18 +132,27 @@ def grouped_convolution(inputs: torch.Tensor, weights: torch.Tensor, stride: int
 
 
 def convolve_personal(
-    inputs: torch.Tensor, weights: torch.Tensor, stride: int, fast: bool = True
+    inputs: torch.Tensor,
+    weights: torch.Tensor,
+    stride: int,
+    kernel: TCNKernel = TCNKernel.AUTO,
 ) -> torch.Tensor:
     """One filter per request. inputs [R, L, Din]; weights [R, Dout, Din, K] -> [R, L', Dout].
 
-    fast: the grouped convolution when the output is long (L' > 2·Dout: the unfolded windows,
+    CONV: the grouped convolution when the output is long (L' > 2·Dout: the unfolded windows,
     L'·Din·K per request, would outweigh the filter, Dout·Din·K), else unfold + bmm, which
     oneDNN's grouped backward loses to at short or strided outputs (CAIN layers 2-4, and layer 1
-    at L=100: 1.3-2x on 256 requests). fast=False always runs unfold + bmm (the reference).
+    at L=100: 1.3-2x on 256 requests).
     """
     out_dim, width = weights.shape[1], weights.shape[-1]
-    if fast and output_length(inputs.shape[1], stride) > 2 * out_dim:
+    positions = inputs.shape[0] * output_length(inputs.shape[1], stride)
+    kernel = resolve_kernel(kernel, inputs.device, personal=True, output_positions=positions)
+    if kernel is TCNKernel.CONV and output_length(inputs.shape[1], stride) > 2 * out_dim:
         return grouped_convolution(inputs, weights, stride)
+    if kernel in TAP_GEMM_KERNELS:
+        return tap_gemm_convolution(
+            inputs, weights, stride, accumulate_in_float32=kernel is TCNKernel.TAP_GEMM_FLOAT32_SUM
+        )
     return torch.bmm(_windows(inputs, width, stride), weights.flatten(2).transpose(1, 2))
 
 
@@ -178,7 +227,7 @@ class TemporalConvolution(nn.Module):
         stride: s.
         peg_mode: None for global filters only, else how PEG's filters enter (`PEGMode`).
         profile_dim, peg_hidden_dim: PEG's input width and hidden width.
-        fast: conv1d / grouped conv instead of the unfold reference.
+        kernel: how the convolutions are computed (`TCNKernel`).
         bottleneck_dim: None (paper) or b: project Din -> b, convolve b -> b, project b -> Dout.
         peg_cache_size: profiles whose PEG filters the eval-mode cache keeps (0: none).
     """
@@ -192,14 +241,14 @@ class TemporalConvolution(nn.Module):
         peg_mode: PEGMode | None = None,
         profile_dim: int = 0,
         peg_hidden_dim: int = 32,
-        fast: bool = True,
+        kernel: TCNKernel = TCNKernel.AUTO,
         bottleneck_dim: int | None = None,
         peg_cache_size: int = 0,
     ) -> None:
         super().__init__()
         width = 2 * context_length + 1
         self.stride = stride
-        self.fast = fast
+        self.kernel = kernel
         self.peg_mode = peg_mode
         # With a bottleneck the convolution itself runs b -> b between two per-item projections.
         self.reduce = nn.Linear(in_dim, bottleneck_dim, bias=False) if bottleneck_dim else None
@@ -240,11 +289,11 @@ class TemporalConvolution(nn.Module):
         inputs = inputs * mask[:, :, None]  # padded positions never contribute
         outputs: list[torch.Tensor] = []
         if self.weight is not None:
-            outputs.append(convolve_global(inputs, self.weight, self.stride, self.fast))
+            outputs.append(convolve_global(inputs, self.weight, self.stride, self.kernel))
         if self.generator is not None:
             assert profile is not None, "a PEG layer needs the profile"
             filters = self.personal_filters(profile)
-            outputs.append(convolve_personal(inputs, filters, self.stride, self.fast))
+            outputs.append(convolve_personal(inputs, filters, self.stride, self.kernel))
         if self.peg_mode is PEGMode.CONCAT:
             assert self.merge is not None
             combined = self.merge(torch.cat(outputs, dim=-1))
@@ -272,7 +321,8 @@ class TemporalConvNet(nn.Module):
         context_lengths: cl per layer (its length is the number of layers).
         strides: stride per layer.
         peg_layers: per layer, the PEG mode or None.
-        bottleneck_dim, peg_cache_size: see `TemporalConvolution` (the same for every layer).
+        kernel, bottleneck_dim, peg_cache_size: see `TemporalConvolution` (the same for every
+            layer).
     """
 
     def __init__(
@@ -284,7 +334,7 @@ class TemporalConvNet(nn.Module):
         peg_layers: Sequence[PEGMode | None],
         profile_dim: int = 0,
         peg_hidden_dim: int = 32,
-        fast: bool = True,
+        kernel: TCNKernel = TCNKernel.AUTO,
         bottleneck_dim: int | None = None,
         peg_cache_size: int = 0,
     ) -> None:
@@ -298,7 +348,7 @@ class TemporalConvNet(nn.Module):
                 peg_mode=peg_layers[index],
                 profile_dim=profile_dim,
                 peg_hidden_dim=peg_hidden_dim,
-                fast=fast,
+                kernel=kernel,
                 bottleneck_dim=bottleneck_dim,
                 peg_cache_size=peg_cache_size,
             )

@@ -173,9 +173,10 @@ def test_switches_build_train_and_keep_padding_invariance(name, overrides, spec,
         torch.testing.assert_close(model(batch), tight, rtol=1e-5, atol=1e-5)
 
 
-def test_cain_fast_convolution_matches_reference(spec, batch):
-    fast = build("cain", spec, fast_convolution=True).eval()
-    reference = build("cain", spec, fast_convolution=False).eval()
+@pytest.mark.parametrize("kernel", ["conv", "tap_gemm", "tap_gemm_float32_sum", "auto"])
+def test_cain_tcn_kernel_matches_reference(kernel, spec, batch):
+    fast = build("cain", spec, tcn_kernel=kernel).eval()
+    reference = build("cain", spec, tcn_kernel="reference").eval()
     reference.load_state_dict(fast.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fast(batch), reference(batch), rtol=1e-4, atol=1e-5)

@@ -1,12 +1,14 @@
-"""TCN layers: fast paths match the references, receptive fields, strides, padding, PEG."""
+"""TCN layers: every kernel matches the reference, receptive fields, strides, padding, PEG."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from model.layers.tap_gemm import tap_gemm_convolution
 from model.layers.temporal_convolution import (
     PEGMode,
+    TCNKernel,
     TemporalConvNet,
     TemporalConvolution,
     convolve_global,
@@ -14,6 +16,7 @@ from model.layers.temporal_convolution import (
     grouped_convolution,
     output_length,
     receptive_half_widths,
+    resolve_kernel,
 )
 
 
@@ -21,19 +24,152 @@ def lengths_mask(lengths: list[int], total: int) -> torch.Tensor:
     return torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
 
 
-@pytest.mark.parametrize("context_length,stride", [(0, 1), (2, 1), (3, 4), (1, 2)])
-def test_global_fast_path_matches_reference(context_length, stride):
+KERNELS = [kernel for kernel in TCNKernel if kernel is not TCNKernel.REFERENCE]
+CONVOLVE = {"global": convolve_global, "personal": convolve_personal}
+
+
+def random_filters(filters: str, num_requests: int, out_dim: int, in_dim: int, width: int):
+    """[Dout, Din, K] (global) or [R, Dout, Din, K] (personal), scaled like a Xavier init."""
+    shape = (
+        (out_dim, in_dim, width) if filters == "global" else (num_requests, out_dim, in_dim, width)
+    )
+    return (torch.randn(shape) / (in_dim * width) ** 0.5).requires_grad_()
+
+
+def outputs_and_gradients(convolve, inputs, weights, stride, kernel, upstream):
+    """The convolution's output and the gradients of <output, upstream> to inputs and filters."""
+    output = convolve(inputs, weights, stride, kernel)
+    return (output, *torch.autograd.grad(output, (inputs, weights), upstream.to(output.dtype)))
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=[k.value for k in KERNELS])
+@pytest.mark.parametrize("filters", ["global", "personal"])
+@pytest.mark.parametrize("stride", [1, 2, 4])
+@pytest.mark.parametrize("context_length", [0, 1, 3, 7])
+def test_every_kernel_matches_reference(kernel, filters, stride, context_length):
     torch.manual_seed(0)
-    inputs = torch.randn(3, 17, 5, requires_grad=True)
-    weight = torch.randn(6, 5, 2 * context_length + 1, requires_grad=True)
-    fast = convolve_global(inputs, weight, stride, fast=True)
-    reference = convolve_global(inputs, weight, stride, fast=False)
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
-    upstream = torch.randn_like(fast)
-    fast_grads = torch.autograd.grad(fast, (inputs, weight), upstream)
-    reference_grads = torch.autograd.grad(reference, (inputs, weight), upstream)
-    for fast_grad, reference_grad in zip(fast_grads, reference_grads, strict=True):
-        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+    inputs = torch.randn(3, 19, 5, requires_grad=True)  # 19: not a multiple of any stride
+    weights = random_filters(filters, 3, 6, 5, 2 * context_length + 1)
+    upstream = torch.randn(3, output_length(19, stride), 6)
+    convolve = CONVOLVE[filters]
+    result = outputs_and_gradients(convolve, inputs, weights, stride, kernel, upstream)
+    reference = outputs_and_gradients(
+        convolve, inputs, weights, stride, TCNKernel.REFERENCE, upstream
+    )
+    for got, expected in zip(result, reference, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("outputs_per_row", [2, 3])
+@pytest.mark.parametrize("filters", ["global", "personal"])
+@pytest.mark.parametrize("stride,context_length", [(1, 7), (1, 2), (2, 3), (4, 7), (3, 0)])
+def test_tap_gemm_with_several_outputs_per_row_matches_reference(
+    outputs_per_row, filters, stride, context_length
+):
+    torch.manual_seed(1)
+    inputs = torch.randn(3, 23, 4, requires_grad=True)
+    weights = random_filters(filters, 3, 5, 4, 2 * context_length + 1)
+    upstream = torch.randn(3, output_length(23, stride), 5)
+
+    def tap_gemm(inputs, weights, stride, kernel):
+        return tap_gemm_convolution(inputs, weights, stride, outputs_per_row)
+
+    result = outputs_and_gradients(tap_gemm, inputs, weights, stride, None, upstream)
+    reference = outputs_and_gradients(
+        CONVOLVE[filters], inputs, weights, stride, TCNKernel.REFERENCE, upstream
+    )
+    for got, expected in zip(result, reference, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+# bf16 keeps 8 significant bits (relative rounding error <= 2^-9 = 0.2 %). Rounding inputs and
+# filters gives about that on the outputs and gradients; rounding the output, and with TAP_GEMM
+# the running sum once per tap, adds about as much again per rounding that does not average out
+# (measured at Din=192, K=15: 0.23 % inputs only, 0.29 % one bf16 GEMM, 0.52 % TAP_GEMM). 2 % is
+# well above that and still far below the error of a wrong tap or a missing term (~100 %).
+BFLOAT16_RELATIVE_ERROR = 0.02
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=[k.value for k in KERNELS])
+@pytest.mark.parametrize("filters", ["global", "personal"])
+@pytest.mark.parametrize("stride", [1, 4])
+def test_every_kernel_under_bfloat16_autocast_stays_near_the_float32_reference(
+    kernel, filters, stride
+):
+    torch.manual_seed(2)
+    inputs = torch.randn(4, 37, 48, requires_grad=True)
+    weights = random_filters(filters, 4, 32, 48, 15)
+    upstream = torch.randn(4, output_length(37, stride), 32)
+    convolve = CONVOLVE[filters]
+    reference = outputs_and_gradients(
+        convolve, inputs, weights, stride, TCNKernel.REFERENCE, upstream
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = outputs_and_gradients(convolve, inputs, weights, stride, kernel, upstream)
+    assert result[0].dtype == torch.bfloat16  # like F.conv1d under autocast
+    for got, expected in zip(result, reference, strict=True):
+        assert relative_error(got, expected) < BFLOAT16_RELATIVE_ERROR
+
+
+def test_tap_gemm_float32_sum_keeps_the_error_of_one_bfloat16_gemm():
+    """Summing the taps' bf16 products in fp32 rounds once, like the unfold reference's single
+    GEMM; TAP_GEMM's running bf16 sum rounds once per tap."""
+    torch.manual_seed(3)
+    inputs = torch.randn(4, 64, 96)
+    weights = random_filters("personal", 4, 64, 96, 15).detach()
+    exact = convolve_personal(inputs.double(), weights.double(), 1, TCNKernel.REFERENCE)
+    errors = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for kernel in (TCNKernel.REFERENCE, TCNKernel.TAP_GEMM_FLOAT32_SUM, TCNKernel.TAP_GEMM):
+            errors[kernel] = relative_error(convolve_personal(inputs, weights, 1, kernel), exact)
+    assert errors[TCNKernel.TAP_GEMM_FLOAT32_SUM] < 1.2 * errors[TCNKernel.REFERENCE]
+    assert errors[TCNKernel.TAP_GEMM] < 3 * errors[TCNKernel.REFERENCE]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernel", [TCNKernel.TAP_GEMM, TCNKernel.TAP_GEMM_FLOAT32_SUM])
+@pytest.mark.parametrize("filters", ["global", "personal"])
+@pytest.mark.parametrize("stride,context_length", [(1, 7), (4, 7), (2, 1)])
+def test_tap_gemm_on_cuda_matches_cpu_reference(
+    kernel, filters, stride, context_length, monkeypatch
+):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "ieee")  # no TF32
+    torch.manual_seed(4)
+    inputs = torch.randn(5, 101, 24, requires_grad=True)
+    weights = random_filters(filters, 5, 16, 24, 2 * context_length + 1)
+    upstream = torch.randn(5, output_length(101, stride), 16)
+    convolve = CONVOLVE[filters]
+    reference = outputs_and_gradients(
+        convolve, inputs, weights, stride, TCNKernel.REFERENCE, upstream
+    )
+    cuda_inputs = inputs.detach().cuda().requires_grad_()
+    cuda_weights = weights.detach().cuda().requires_grad_()
+    result = outputs_and_gradients(
+        convolve, cuda_inputs, cuda_weights, stride, kernel, upstream.cuda()
+    )
+    for got, expected in zip(result, reference, strict=True):
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        result = outputs_and_gradients(
+            convolve, cuda_inputs, cuda_weights, stride, kernel, upstream.cuda()
+        )
+    for got, expected in zip(result, reference, strict=True):
+        assert relative_error(got.cpu(), expected) < BFLOAT16_RELATIVE_ERROR
+
+
+def test_auto_picks_tap_gemm_on_cuda_and_for_large_global_convolutions_on_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for personal in (False, True):
+        assert resolve_kernel(TCNKernel.AUTO, cuda, personal, 10) is TCNKernel.TAP_GEMM
+        assert resolve_kernel(TCNKernel.CONV, cuda, personal, 10) is TCNKernel.CONV
+    assert resolve_kernel(TCNKernel.AUTO, cpu, False, 64_000) is TCNKernel.TAP_GEMM
+    assert resolve_kernel(TCNKernel.AUTO, cpu, False, 100) is TCNKernel.CONV
+    assert resolve_kernel(TCNKernel.AUTO, cpu, True, 64_000) is TCNKernel.CONV
 
 
 @pytest.mark.parametrize("context_length,stride", [(0, 1), (2, 1), (3, 4)])
@@ -42,7 +178,7 @@ def test_personal_grouped_convolution_matches_unfold_bmm(context_length, stride)
     inputs = torch.randn(4, 19, 5, requires_grad=True)
     weights = torch.randn(4, 6, 5, 2 * context_length + 1, requires_grad=True)
     fast = grouped_convolution(inputs, weights, stride)  # whatever convolve_personal picks
-    reference = convolve_personal(inputs, weights, stride, fast=False)
+    reference = convolve_personal(inputs, weights, stride, TCNKernel.REFERENCE)
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
     upstream = torch.randn_like(fast)
     fast_grads = torch.autograd.grad(fast, (inputs, weights), upstream)
@@ -162,38 +298,45 @@ def test_peg_modes_run_and_keep_the_width(mode):
     assert outputs.shape == (2, 7, 4)
 
 
-@pytest.mark.parametrize("peg_mode", [None, PEGMode.REPLACE, PEGMode.CONCAT])
-def test_bottleneck_fast_path_matches_reference_and_padding_never_contributes(peg_mode):
+@pytest.mark.parametrize("kernel", KERNELS, ids=[k.value for k in KERNELS])
+@pytest.mark.parametrize(
+    "peg_mode,stride,bottleneck_dim",
+    [
+        (None, 1, None),
+        (PEGMode.REPLACE, 4, None),
+        (PEGMode.SUM, 2, None),
+        (None, 2, 2),
+        (PEGMode.REPLACE, 2, 2),
+        (PEGMode.CONCAT, 2, 2),
+    ],
+)
+def test_every_kernel_layer_matches_reference_and_padding_never_contributes(
+    kernel, peg_mode, stride, bottleneck_dim
+):
+    """Whole layers on right-padded requests: outputs, and gradients to the inputs and to every
+    parameter (the PEG generator's too, through the personal filters)."""
     torch.manual_seed(8)
-    fast = TemporalConvolution(
-        6, 5, context_length=2, stride=2, peg_mode=peg_mode, profile_dim=3, bottleneck_dim=2
-    )
+    options = {"peg_mode": peg_mode, "profile_dim": 3, "bottleneck_dim": bottleneck_dim}
+    layer = TemporalConvolution(6, 5, context_length=2, stride=stride, kernel=kernel, **options)
     reference = TemporalConvolution(
-        6,
-        5,
-        context_length=2,
-        stride=2,
-        peg_mode=peg_mode,
-        profile_dim=3,
-        bottleneck_dim=2,
-        fast=False,
+        6, 5, context_length=2, stride=stride, kernel=TCNKernel.REFERENCE, **options
     )
-    reference.load_state_dict(fast.state_dict())
-    mask = lengths_mask([9, 5], 11)
-    inputs, profiles = torch.randn(2, 11, 6, requires_grad=True), torch.randn(2, 3)
-    fast_out, _ = fast(inputs, mask, profiles)
-    reference_out, _ = reference(inputs, mask, profiles)
-    torch.testing.assert_close(fast_out, reference_out, rtol=1e-4, atol=1e-5)
-    upstream = torch.randn_like(fast_out)
-    fast_grads = torch.autograd.grad(fast_out, [inputs, *fast.parameters()], upstream)
+    reference.load_state_dict(layer.state_dict())
+    mask = lengths_mask([9, 5, 11], 11)
+    inputs, profiles = torch.randn(3, 11, 6, requires_grad=True), torch.randn(3, 3)
+    outputs, _ = layer(inputs, mask, profiles)
+    reference_outputs, _ = reference(inputs, mask, profiles)
+    torch.testing.assert_close(outputs, reference_outputs, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn_like(outputs)
+    grads = torch.autograd.grad(outputs, [inputs, *layer.parameters()], upstream)
     reference_grads = torch.autograd.grad(
-        reference_out, [inputs, *reference.parameters()], upstream
+        reference_outputs, [inputs, *reference.parameters()], upstream
     )
-    for fast_grad, reference_grad in zip(fast_grads, reference_grads, strict=True):
-        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+    for grad, reference_grad in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-4, atol=1e-4)
     garbage = inputs.detach().clone()
     garbage[~mask] = 100.0
-    torch.testing.assert_close(fast(garbage, mask, profiles)[0], fast_out.detach())
+    torch.testing.assert_close(layer(garbage, mask, profiles)[0], outputs.detach())
 
 
 def test_bottleneck_is_a_convolution_with_rank_limited_filters():
