@@ -31,17 +31,6 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-REASONS = (
-    "invalid_utf8",
-    "malformed_line",
-    "null_id",
-    "non_numeric",
-    "negative_id",
-    "unknown_behavior",
-    "bad_watch_time",
-    "timestamp_out_of_range",
-    "duplicate",
-)
 EVENT_COLUMNS = ("user_id", "item_id", "category_id", "behavior", "ts", "watch_time", "date")
 FEED_HEADER = "user_id,item_id,author_id,click,timestamp,watch_time"
 # Unix seconds outside this window cannot be a real log time (and would overflow conversions).

@@ -177,12 +177,6 @@ def read_delta(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.format("delta").load(path)
 
 
-def is_delta_table(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
 def table_version(spark: SparkSession, path: str) -> int | None:
     """The current version of the Delta table at `path`, None when there is none."""
     from delta.tables import DeltaTable
