@@ -357,6 +357,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
     )
     parser.add_argument("--epochs", type=int, help="train.epochs")
     parser.add_argument("--max-steps", type=int, help="train.max_steps (0: whole epochs)")
+    parser.add_argument(
+        "--variants",
+        help="comma-separated subset of the suite's variants (the baseline and the references "
+        "of those kept are always run)",
+    )
     parser.add_argument("--nproc", type=int, default=2, help="processes per run")
     parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per run")
     parser.add_argument(
@@ -374,6 +379,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
     if arguments.max_steps is not None:
         overrides.insert(0, f"train.max_steps={arguments.max_steps}")
     suite = SUITES[arguments.suite]
+    if arguments.variants:
+        try:
+            suite = suite.subset(arguments.variants.split(","))
+        except ValueError as error:
+            parser.error(str(error))
     output = Path(arguments.output or Path("runs") / "experiments" / suite.name)
     settings = RunSettings(
         data=Path(arguments.data).resolve(),

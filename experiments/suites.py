@@ -19,7 +19,7 @@ switch), so `fig7` varies the later layers' stride only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 DEFAULT_MAX_LEN = 128
 SIZES = ("model.embedding_dim=16", "model.mlp_dims=[128,64]")
@@ -72,6 +72,16 @@ class Suite:
         for name in (self.baseline, *(v.reference for v in self.variants if v.reference)):
             if name not in names:
                 raise ValueError(f"suite {self.name}: no variant named {name!r}")
+
+    def subset(self, names: list[str]) -> Suite:
+        """The suite with only `names`, plus the baseline and the references they need."""
+        known = {variant.name: variant for variant in self.variants}
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"suite {self.name} has no variants {unknown}; it has {list(known)}")
+        keep = {self.baseline, *names}
+        keep |= {self.reference_of(known[name]) for name in names}
+        return replace(self, variants=tuple(v for v in self.variants if v.name in keep))
 
     def reference_of(self, variant: Variant) -> str:
         return variant.reference or self.baseline

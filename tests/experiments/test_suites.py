@@ -32,3 +32,12 @@ def test_the_paper_suites_are_all_there():
 def test_a_reference_must_exist():
     with pytest.raises(ValueError, match="no variant named"):
         Suite("s", "s", baseline="a", variants=(Variant("a", "lap", reference="missing"),))
+
+
+def test_a_subset_keeps_the_baseline_and_the_references_it_needs():
+    table2 = SUITES["table2"]
+    tcn = next(v for v in table2.variants if v.name != table2.baseline and v.reference)
+    kept = {v.name for v in table2.subset([tcn.name]).variants}
+    assert kept == {tcn.name, tcn.reference, table2.baseline}
+    with pytest.raises(ValueError, match="has no variants"):
+        table2.subset(["no_such_variant"])
