@@ -79,7 +79,7 @@ def stub_repo(tmp_path) -> Path:
     (repo / "trainer").mkdir()
     (repo / "scripts" / "spark_submit.sh").write_text(STUB_SPARK_SUBMIT)
     (repo / "trainer" / "main.py").write_text(textwrap.dedent(STUB_TRAINER))
-    for package in ("airflow_dags", "etl"):  # the real release CLI and feature spec
+    for package in ("airflow_dags", "contract", "etl"):  # the real release CLI and feature spec
         (repo / package).symlink_to(REPO_ROOT / package)
     return repo
 
