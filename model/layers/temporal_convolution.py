@@ -6,9 +6,25 @@ output has ceil(L / s) positions, output j centered on input j·s. cl = 0 is a p
 layer.
 
 Filters are global (one per layer, eq. 5) or personalized: PEG's 2-layer MLP turns the profile
-into one filter per request (eqs. 10-12). Each filter type has a plain reference (unfold + matmul /
-bmm) and a fast path (`F.conv1d`; a grouped convolution with one group per request for personal
-filters); `tests/model/test_temporal_convolution.py` checks they agree in outputs and gradients.
+into one filter per request (eqs. 10-12).
+
+Kernels (`TCNKernel`; each equals the reference in outputs and gradients to inputs and filters,
+`tests/model/test_temporal_convolution.py`):
+- REFERENCE: unfold + matmul (global) / bmm (personal), the plain definition. The unfolded windows
+  are K times the input (6 GB at R=1536, L=1000, Din=192, K=15 in bf16).
+- CONV: `F.conv1d`; personal filters as one grouped convolution, one group per request, when the
+  output is long (L' > 2·Dout), else unfold + bmm. On an H200 the grouped cuDNN convolution
+  reached only 3-8 % of bf16 matmul peak.
+- TAP_GEMM: `tap_gemm.py`, one GEMM per tap over views of the padded input (no unfolded copy;
+  strides folded into the row width, so layers 2-4 run 4 GEMMs instead of 15), each adding into
+  the output in the compute dtype; a global filter as one GEMM per tap over all requests' rows,
+  personal filters as one batched GEMM per tap. TAP_GEMM_FLOAT32_SUM sums the taps' products in
+  fp32 instead: bf16 error 0.33 % instead of 0.52 % (one bf16 GEMM: 0.29 %), more memory passes.
+- AUTO: TAP_GEMM on CUDA (not yet measured there: `benchmarks/tcn_benchmark.py --device cuda
+  --dtype bf16 --requests 1536`). On CPU: TAP_GEMM for a global filter from
+  `CPU_TAP_GEMM_MIN_POSITIONS` output positions (measured 1.1-1.3x over CONV there, 0.3-0.5x on
+  tiny inputs), CONV otherwise. `benchmarks/tcn_benchmark.py` times every kernel; its CPU record
+  (benchmarks/results/tcn.json) has not been taken on a quiet machine yet.
 
 Low-rank switch (`bottleneck_dim`, off by default: not in the paper): a layer first projects each
 item Din -> b (no bias, so padded zeros stay zero), convolves b -> b (global or PEG filters), and
@@ -30,7 +46,8 @@ h_1 = cl_1 and h_{n+1} = h_n + cl_{n+1} · S_n, i.e. the span 2h+1 grows by fs �
 layer (eq. 7) and faster with strides. (When a stride exceeds the width the previous layers cover,
 the field has holes between its edges; the half-width bounds it.)
 
-Letters: R requests, L length, Din/Dout channels, K filter width, P profile width, N = Dout·Din·K.
+Letters: R requests, L length, L' output length, Din/Dout channels, K filter width, P profile
+width, N = Dout·Din·K.
 """
 
 from __future__ import annotations
