@@ -572,7 +572,7 @@ def parse_arguments(argv: list[str] | None = None) -> Config:
         f"(default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})",
     )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=20")
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_intermixed_args(argv)
     flags = []
     if arguments.data:
         flags.append(f"data.root={arguments.data}")

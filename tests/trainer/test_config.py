@@ -74,3 +74,10 @@ def test_resolved_config_round_trips():
         DEFAULT_CONFIG, ["train.max_steps=7", "model.embedding_dim=16", "output=/tmp/x"]
     )
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_options_may_follow_the_overrides(tmp_path):
+    config = parse_arguments(
+        ["--data", str(tmp_path), "train.max_steps=7", "--model", "din", "train.seed=3"]
+    )
+    assert (config.model.name, config.train.max_steps, config.train.seed) == ("din", 7, 3)
