@@ -110,12 +110,12 @@ def check_inputs(config: Config) -> None:
     the samples table (listed, every file present), non-empty splits, and that the checkpoint to
     resume or warm start from holds this model with this resolved config. Raises InputError /
     FeatureSpecError / SampleDataError / CheckpointError."""
-    if config.train.sparse_optimizer is SparseOptimizer.ADAM and not uses_cuda(
+    if config.train.sparse_optimizer is not SparseOptimizer.ROWWISE_ADAGRAD and not uses_cuda(
         config.train.backend
     ):
         raise InputError(
-            "train.sparse_optimizer=adam: FBGEMM has no CPU kernel for exact Adam; on CPU use "
-            "rowwise_adam (partial row-wise Adam) or rowwise_adagrad"
+            f"train.sparse_optimizer={config.train.sparse_optimizer.value}: FBGEMM has no CPU "
+            "kernel for it (its CPU tables support row-wise Adagrad only); use rowwise_adagrad"
         )
     spec = FeatureSpec.read(config.data.root)
     if config.data.max_history is not None and not 1 <= config.data.max_history <= spec.max_len:

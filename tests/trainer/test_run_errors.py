@@ -44,7 +44,10 @@ CASES = {
     "deleted parquet file": (_without_a_file, [], "are missing", 2),
     "empty test split": (_without_test_rows, [], "the test split", 1),
     "exact adam on cpu": (
-        lambda data, root: data, ["train.sparse_optimizer=adam"], "no CPU kernel for exact Adam", 1
+        lambda data, root: data, ["train.sparse_optimizer=adam"], "no CPU kernel", 1
+    ),
+    "row-wise adam on cpu": (
+        lambda data, root: data, ["train.sparse_optimizer=rowwise_adam"], "no CPU kernel", 1
     ),
 }
 
