@@ -7,7 +7,9 @@ runs the same command a person would, with the **main** virtualenv's `python` / 
 
 - `etl`: `bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT
   --date DS` rebuilds day DS's partitions (idempotent) and the feature spec; with the param
-  `etl_full_range` (first run on an empty ROOT) it builds the whole range, history included.
+  `etl_full_range` (first run on an empty ROOT) it builds the whole range, history included;
+  with `etl_incremental` it adds `--incremental`: DS is built from DS's events and the ETL's
+  per-user state as of DS - 1 only (docs/etl.md, "Incremental daily builds").
 - `validate`: `python -m airflow_dags.release validate --root ROOT --date DS ...` checks the
   feature spec: DS has samples, counts and positive rates are sane, the tables exist.
 - `train`: `torchrun --nproc_per_node=N trainer/main.py --data ROOT --model M --output RUN_DIR
@@ -96,6 +98,12 @@ PARAMS = {
         False,
         type="boolean",
         description="rebuild the whole configured range, not only DS (first run, new config)",
+    ),
+    "etl_incremental": Param(
+        False,
+        type="boolean",
+        description="build DS from its events and the state as of DS - 1 (--incremental); "
+        "needs the state of DS - 1: the day before built, or a full range ending DS - 1",
     ),
     "etl_args": Param([], type="array", items={"type": "string"}, description="extra ETL flags"),
     "model": Param("cain", type="string", description="a model.registry name"),
@@ -197,6 +205,7 @@ def cain_daily():
         command += ["etl/build_sequences.py"]
         command += ["--input", params["raw_input"], "--output", params["data_root"]]
         if not params["etl_full_range"]:  # the first run needs the history: the whole range
+            command += ["--incremental"] if params["etl_incremental"] else []
             command += ["--date", ds]
         if params["spark_master"]:
             command = ["env", f"SPARK_MASTER={params['spark_master']}", *command]

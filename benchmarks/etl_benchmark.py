@@ -2,6 +2,7 @@
 
     python benchmarks/etl_benchmark.py --sizes 100000 1000000 10000000 [--master local[2]]
         [--output benchmarks/results/etl.json] [--work /tmp/cain-etl-bench] [--merge]
+        [--incremental-day]
 
 For each size: a seeded synthetic Taobao log (`etl.synthetic`, ~100 events per user like the real
 file) is generated (timed separately), then `python etl/build_sequences.py` runs in a fresh
@@ -13,6 +14,11 @@ less sensitive to the load of a shared machine than the wall time. Also reported
 sample of the `samples` table (Parquet files / candidates), per request
 and per user-day row, and the machine's load average (other work on a shared machine slows the
 job; compare numbers from the same run only). Prints a table; never asserts on timings.
+
+`--incremental-day`: after the full build of a size, the range's last day is rebuilt twice on
+top of the other days' history (the size): `--date LAST --incremental` (its events + the state
+as of the day before; the state is first set to that day by an untimed `--date LAST-1` run) and
+`--date LAST` (rereads the history of the day's users); both wall times are reported.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,14 +90,37 @@ def _logged_shuffle_partitions(log: Path) -> int | None:
 def stage_seconds(log: Path) -> dict[str, float]:
     """Seconds of each stage as the job logged them (`[etl] clean  112.3s ...`)."""
     return {name: float(seconds) for name, seconds in
-            re.findall(r"\[etl\] (clean|samples)\s+([0-9.]+)s", log.read_text())}
+            re.findall(r"\[etl\] (clean|samples|state)\s+([0-9.]+)s", log.read_text())}
+
+
+def incremental_day(raw: Path, root: Path, env: dict[str, str], work: Path, size: int) -> dict:
+    """Wall seconds of the last day built with and without --incremental on top of `root`."""
+    sys.path.insert(0, str(REPO))  # run as a script: the repository is not on sys.path
+    from etl.config import load_config
+
+    last = load_config("taobao", "cain").source.end_date
+    before = (date.fromisoformat(last) - timedelta(days=1)).isoformat()
+    day = [sys.executable, "etl/build_sequences.py", "--input", str(raw), "--output", str(root)]
+    seconds = {}
+    for name, extra in (("state", ["--date", before]),
+                        ("incremental", ["--date", last, "--incremental"]),
+                        ("full_history", ["--date", last])):
+        wall, _, code = run_measured(day + extra, env, work / f"{name}-{size}.log")
+        if code != 0:
+            raise SystemExit(f"the {name} day run failed for size {size}: see "
+                             f"{work}/{name}-{size}.log")
+        seconds[name] = round(wall, 1)
+    return {"day": last, "incremental_day_seconds": seconds["incremental"],
+            "full_history_day_seconds": seconds["full_history"],
+            "incremental_stage_seconds": stage_seconds(work / f"incremental-{size}.log"),
+            "full_history_stage_seconds": stage_seconds(work / f"full_history-{size}.log")}
 
 
 def samples_bytes(root: Path) -> int:
     return sum(path.stat().st_size for path in (root / "samples").rglob("*.parquet"))
 
 
-def benchmark(size: int, work: Path, master: str) -> dict:
+def benchmark(size: int, work: Path, master: str, with_incremental_day: bool = False) -> dict:
     users = max(10, size // 100)
     items = max(20_000, size // 20)
     raw, root = work / f"raw-{size}.csv", work / f"delta-{size}"
@@ -126,6 +156,7 @@ def benchmark(size: int, work: Path, master: str) -> dict:
 
     rows = DeltaTable(str(root / "samples")).to_pyarrow_dataset().count_rows()
     table_bytes = samples_bytes(root)
+    day = incremental_day(raw, root, env, work, size) if with_incremental_day else {}
     return {
         "events": input_rows,
         "users": users,
@@ -149,6 +180,7 @@ def benchmark(size: int, work: Path, master: str) -> dict:
         "bytes_per_user_day_row": round(table_bytes / max(rows, 1), 1),
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
+        **day,
     }
 
 
@@ -161,6 +193,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/etl.json")
     parser.add_argument("--merge", action="store_true",
                         help="keep the output file's results for sizes not run now")
+    parser.add_argument("--incremental-day", action="store_true",
+                        help="also time the last day with and without --incremental")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     kept = []
@@ -169,12 +203,15 @@ def main() -> None:
     print(f"{'events':>10} {'etl s':>8} {'events/s':>10} {'peak GiB':>9} {'copy s':>7} "
           f"{'ratio':>6} {'B/cand':>7} {'B/req':>7} {'load':>5}")
     for size in args.sizes:
-        result = benchmark(size, args.work, args.master)
+        result = benchmark(size, args.work, args.master, args.incremental_day)
         print(f"{result['events']:>10} {result['etl_seconds']:>8} "
               f"{result['events_per_second']:>10} {result['peak_rss_gib']:>9} "
               f"{result['copy_seconds']:>7} {result['etl_to_copy_ratio']:>6} "
               f"{result['bytes_per_candidate']:>7} {result['bytes_per_request']:>7} "
               f"{result['load_average_before']:>5}", flush=True)
+        if args.incremental_day:
+            print(f"{'':>10} day {result['day']}: --incremental {result['incremental_day_seconds']}"
+                  f" s, without {result['full_history_day_seconds']} s", flush=True)
         # Written after every size, so a long run that fails later keeps what it measured.
         kept = [r for r in kept if r["size"] != size] + [{"size": size, **result}]
         payload = {

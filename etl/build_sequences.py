@@ -1,8 +1,8 @@
-"""Raw behavior logs -> Delta tables `events`, `quarantine`, `profiles`, `samples` + feature spec.
+"""Raw behavior logs -> Delta tables `events`, `quarantine`, `profiles`, `samples`, `state` + spec.
 
     bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT \
         [--source taobao|feed] [--protocol cain|dare|eta_sdim|ubr4ctr|mimn_sim|feed_click] \
-        [--date YYYY-MM-DD] [--max-len 1024] [--short-len 50] [--negatives 19] \
+        [--date YYYY-MM-DD [--incremental]] [--max-len 1024] [--short-len 50] [--negatives 19] \
         [--sampling popularity|uniform] [--seed 2017]
     python etl/build_sequences.py ...   (same flags; starts a local Spark with Delta itself)
 
@@ -10,6 +10,9 @@ Without `--date` the whole configured range is (re)built; with `--date D` only d
 are replaced (Delta replaceWhere): D's events and quarantined rows from RAW, then D's samples and
 profiles from the `events` table (which holds the earlier days' history). Running a day twice
 leaves the same tables; building the days one by one in order equals one full build.
+`--date D --incremental` reads only D's events plus the per-user `state` as of D - 1 (etl/state.py)
+and gives the same rows; every run leaves `state` as of its last day (docs/etl.md, "Incremental
+daily builds").
 Table schemas: docs/data.md; protocols, bad input and cluster use: docs/etl.md.
 Exit codes: 0 ok, 2 bad arguments / missing input / unwritable output / no Delta, 3 row counts
 that do not add up, 4 input rejected (no accepted row, or an accepted share of the input rows
@@ -27,11 +30,12 @@ if __package__ in (None, ""):  # run as a script (spark-submit etl/build_sequenc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import json
 import logging
 import os
 import time
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
@@ -39,11 +43,12 @@ from pyspark.sql import functions as F
 
 from contract import samples as samples_contract
 from contract.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
-from etl import clean, negatives, profiles, protocols, spark
+from etl import clean, negatives, profiles, protocols, spark, state
 from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
 
 log = logging.getLogger("etl.build_sequences")
 TABLES = ("events", "quarantine", "profiles", "samples")
+STATE_TABLE = "state"  # not in the feature spec: the ETL's own, the trainer never reads it
 EXIT_BAD_ARGUMENTS, EXIT_COUNTS, EXIT_INPUT_REJECTED = 2, 3, 4
 
 
@@ -68,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="conf/data/protocol/<name>.yaml or a path (default: cain for taobao, "
                              "feed_click for feed)")
     parser.add_argument("--date", help="rebuild only this day (YYYY-MM-DD)")
+    parser.add_argument("--incremental", action="store_true",
+                        help="with --date D: build D from D's events and the `state` table as "
+                             "of D - 1 only (the days before must have been built)")
     parser.add_argument("--start-date", help="override the source's first day")
     parser.add_argument("--end-date", help="override the source's last day")
     parser.add_argument("--max-len", type=int, help="lifelong history length (default 1024)")
@@ -210,19 +218,22 @@ def replaced_versions(spark_session: SparkSession, root: str) -> dict[str, int]:
 def build_events(
     spark_session: SparkSession, config: EtlConfig, events_input: str, root: str,
     first: str, last: str, files: int, min_accepted_share: float = 0.0,
+    incremental: bool = False,
 ) -> dict[str, int]:
     """Stage 1: raw lines -> events + quarantine for the run's days; checks the accepted share
-    before writing anything and the row invariant after writing. -> the Delta version of each
-    table that existed before this run (they are being replaced)."""
+    before writing anything and the row invariant after writing. `incremental`: the input's
+    events of earlier days that the `events` table lacks are quarantined as `late_event`.
+    -> the Delta version of each table that existed before this run (they are being replaced)."""
     started = time.time()
     source = config.source
     lines = spark_session.read.text(events_input)
-    marked = (
-        clean.clean(lines, source.format.value, source.behaviors, source.start_date,
-                    source.end_date, source.time_zone)
-        .transform(clean.for_run_dates, first, last)
-        .persist()
-    )
+    cleaned = clean.clean(lines, source.format.value, source.behaviors, source.start_date,
+                          source.end_date, source.time_zone)
+    marked = cleaned.transform(clean.for_run_dates, first, last)
+    if incremental:
+        marked = marked.unionByName(
+            cleaned.transform(clean.late_events, built_events(spark_session, root, first), first))
+    marked = marked.persist()
     by_reason = {
         row["reason"]: row["count"]
         for row in marked.groupBy("reason").count().collect()  # <= 10 rows
@@ -259,6 +270,16 @@ def build_events(
     return previous
 
 
+def built_events(spark_session: SparkSession, root: str, before: str) -> DataFrame:
+    """The `events` table's rows of the days before `before` (none when there is no table)."""
+    path = f"{root}/events"
+    if spark.table_version(spark_session, path) is None:
+        return spark_session.createDataFrame([], ", ".join(
+            f"{name} {kind}" for name, kind in zip(clean.EVENT_COLUMNS, (
+                "bigint", "bigint", "bigint", "int", "bigint", "float", "string"), strict=True)))
+    return spark.read_delta(spark_session, path).where(F.col("date") < before)
+
+
 def read_demographics(
     spark_session: SparkSession, profiles_input: str | None
 ) -> tuple[DataFrame | None, tuple[str, ...]]:
@@ -278,13 +299,17 @@ def read_demographics(
 def build_samples(
     spark_session: SparkSession, config: EtlConfig, root: str, first: str, last: str,
     demographics: DataFrame | None, demographic_fields: tuple[str, ...], files: int,
+    prior: DataFrame | None = None,
 ) -> None:
-    """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last]."""
+    """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last].
+    With `prior` (STATE as of the day before `first` == `last`): only that day's events."""
     started = time.time()
     protocol = config.protocol
     events = spark.read_delta(spark_session, f"{root}/events").where(F.col("date") <= last)
+    if prior is not None:
+        events = events.where(F.col("date") == first)
     history_events = events
-    if first > config.source.start_date:
+    if first > config.source.start_date and prior is None:
         # A day run: only the users active in the run's days need their earlier history.
         active = events.where(F.col("date").between(first, last)).select("user_id").distinct()
         history_events = events.join(active, "user_id", "left_semi")
@@ -295,9 +320,13 @@ def build_samples(
         pools_broadcast = spark_session.sparkContext.broadcast(pools)
         log.info("negative pools: %d days, %d events", len(pools.days), pools.events)
     partitions = int(spark_session.conf.get("spark.sql.shuffle.partitions"))
+    if prior is None:
+        built = history_events.transform(protocols.samples, pools_broadcast, spec, partitions)
+    else:
+        built = events.transform(state.samples_with_prior, prior, pools_broadcast, spec,
+                                 partitions)
     samples = (
-        history_events.transform(protocols.samples, pools_broadcast, spec, partitions)
-        .transform(profiles.with_demographics, demographics, demographic_fields)
+        built.transform(profiles.with_demographics, demographics, demographic_fields)
         .transform(protocols.with_split, protocol, config.train_end_date)
     )
     contract_columns = [F.col(c.name).cast(c.spark_type) for c in samples_contract.COLUMNS]
@@ -326,6 +355,107 @@ def build_samples(
     stage("samples", started, user_days=totals["rows"], requests=totals["requests"],
           candidates=totals["candidates"], positives=totals["pos"],
           dropped_requests=requested - (totals["requests"] or 0))
+
+
+def previous_day(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+
+
+def state_history(spark_session: SparkSession, path: str) -> list[tuple[int, dict]]:
+    """(version, the userMetadata of its commit: as_of, source, max_len; {} for another commit)
+    of the `state` table, newest first; [] when there is no table."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark_session, path):
+        return []
+    rows = DeltaTable.forPath(spark_session, path).history().select(
+        "version", "userMetadata").collect()  # one row per commit
+    history = []
+    for row in sorted(rows, key=lambda r: -r["version"]):
+        try:
+            metadata = json.loads(row["userMetadata"] or "{}")
+        except ValueError:
+            metadata = {}
+        history.append((int(row["version"]), metadata if isinstance(metadata, dict) else {}))
+    return history
+
+
+def state_metadata(config: EtlConfig, as_of: str) -> dict:
+    """What a `state` commit records: its day and the settings its rows depend on."""
+    return {"as_of": as_of, "source": config.source.format.value,
+            "behaviors": list(config.source.behaviors), "max_len": config.max_len}
+
+
+def prior_state_version(
+    spark_session: SparkSession, config: EtlConfig, root: str, day: str
+) -> int | None:
+    """The `state` version an incremental run of `day` starts from (None: the range's first day,
+    no history); a JobError when the state as of the day before is not there."""
+    if day == config.source.start_date:
+        return None
+    before = previous_day(day)
+    history = state_history(spark_session, f"{root}/{STATE_TABLE}")
+    version = state.version_as_of([(v, m.get("as_of")) for v, m in history], before)
+    if version is None:
+        latest = history[0][1].get("as_of") if history else None
+        raise JobError(
+            f"--incremental --date {day} needs the state as of {before}, but "
+            + (f"the newest state of {root}/{STATE_TABLE} is as of {latest}" if history else
+               f"{root}/{STATE_TABLE} does not exist")
+            + ": build the days before in order (backfill with --date ... --incremental from "
+            "the day after the newest state), or run a full build (no --date) or a --date "
+            f"{before} run without --incremental, which write the state as of their last day")
+    found = dict(history)[version]
+    expected = state_metadata(config, before)
+    changed = [key for key in ("source", "behaviors", "max_len") if found.get(key) != expected[key]]
+    if changed:
+        raise JobError(
+            f"the state as of {before} was built with other settings ("
+            + ", ".join(f"{key} {found.get(key)} != {expected[key]}" for key in changed)
+            + "): run a full build (no --date) or a --date run without --incremental first")
+    return version
+
+
+def read_state(spark_session: SparkSession, root: str, version: int | None) -> DataFrame:
+    if version is None:
+        return spark_session.createDataFrame([], state.STATE_DDL)
+    return (spark_session.read.format("delta").option("versionAsOf", version)
+            .load(f"{root}/{STATE_TABLE}"))
+
+
+def build_state(
+    spark_session: SparkSession, config: EtlConfig, root: str, first: str, last: str,
+    prior_version: int | None = None, incremental: bool = False,
+) -> None:
+    """Stage 3: the `state` table as of `last`. A full or day run folds every event up to `last`
+    and replaces the table; an incremental run folds the day into the state as of the day before
+    (version `prior_version`, None: empty) and MERGEs the day's users in. Each commit records
+    state_metadata (`{"as_of": last, ...}`) as its userMetadata (state_history)."""
+    started = time.time()
+    path = f"{root}/{STATE_TABLE}"
+    spec = protocols.sample_spec(config, first, last)
+    partitions = int(spark_session.conf.get("spark.sql.shuffle.partitions"))
+    events = spark.read_delta(spark_session, f"{root}/events")
+    metadata = json.dumps(state_metadata(config, last))
+    if not incremental:
+        rows = events.where(F.col("date") <= last).transform(state.build, spec, partitions)
+        spark.write_state(rows, path, metadata)
+        stage("state", started, as_of=last, mode="rebuilt")
+        return
+    prior = read_state(spark_session, root, prior_version)
+    day_rows = events.where(F.col("date") == last).transform(state.advance, prior, spec,
+                                                             partitions)
+    history = state_history(spark_session, path)
+    if prior_version is not None and history and history[0][0] == prior_version:
+        spark.merge_state(spark_session, day_rows, path, metadata)
+        mode = "merged"
+    else:
+        # The first day (no earlier state), or a rerun: the newest version is not the one this
+        # run starts from, so the table is replaced by that version with the day folded in.
+        rest = prior.join(day_rows.select("user_id"), "user_id", "left_anti")
+        spark.write_state(rest.unionByName(day_rows), path, metadata)
+        mode = "replaced" if prior_version is not None else "started"
+    stage("state", started, as_of=last, mode=mode, prior_version=prior_version)
 
 
 def requested_count(events: DataFrame, config: EtlConfig, first: str, last: str) -> int:
@@ -434,6 +564,8 @@ def preflight(args: argparse.Namespace) -> tuple[EtlConfig, str, str, str, str |
     if args.shuffle_partitions is not None and args.shuffle_partitions < 1:
         raise JobError(f"--shuffle-partitions {args.shuffle_partitions} must be >= 1")
     first, last = run_dates(config, args.date)
+    if args.incremental and args.date is None:
+        raise JobError("--incremental needs --date D (one day built on the state as of D - 1)")
     events_input, profiles_input = check_paths(config, args.input, args.output)
     return config, first, last, events_input, profiles_input
 
@@ -455,11 +587,16 @@ def run(args: argparse.Namespace) -> FeatureSpec:
              config.max_len, config.seed, session.conf.get("spark.sql.shuffle.partitions"),
              args.input, root)
     with spark.StageProgress(session, log):
+        # Checked before anything is written: without the state of D - 1 nothing changes.
+        prior_version = (prior_state_version(session, config, root, first)
+                         if args.incremental else None)
         previous = build_events(session, config, events_input, root, first, last,
-                                args.files_per_day, args.min_accepted_share)
+                                args.files_per_day, args.min_accepted_share, args.incremental)
         demographics, fields = read_demographics(session, profiles_input)
+        prior = read_state(session, root, prior_version) if args.incremental else None
         build_samples(session, config, root, first, last, demographics, fields,
-                      args.files_per_day)
+                      args.files_per_day, prior)
+        build_state(session, config, root, first, last, prior_version, args.incremental)
         spec = feature_spec(session, config, root, demographics, fields)
     if _is_local(root):
         path = spec.write(_local(root))

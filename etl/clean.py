@@ -12,7 +12,9 @@ Reasons (a fixed vocabulary, counted in the job log): `invalid_utf8` (the line i
 UTF-8, checked first: binary input), `malformed_line` (wrong number of fields),
 `null_id` (an empty id or timestamp field), `non_numeric` (a field that is not a number),
 `negative_id`, `unknown_behavior`, `bad_watch_time`, `timestamp_out_of_range` (outside the
-configured days), `duplicate` (the same canonical event again; the first copy is kept).
+configured days), `duplicate` (the same canonical event again; the first copy is kept),
+`late_event` (incremental runs: an event of an earlier day that day's build did not have,
+`late_events`).
 
 `raw` is the line as text (`raw_encoding` "utf8"), or for an `invalid_utf8` line its exact bytes
 in base64 (`raw_encoding` "base64"): Parquet strings must be valid UTF-8, and readers such as
@@ -191,6 +193,21 @@ def quarantined(marked: DataFrame) -> DataFrame:
     """-> QUARANTINE (docs/data.md): raw line, its encoding, reason, run_date."""
     return marked.where(F.col("reason").isNotNull()).select(
         F.col("raw").cast("string"), F.col("raw_encoding"), F.col("reason"), F.col("run_date")
+    )
+
+
+def late_events(marked: DataFrame, events: DataFrame, run_date: str) -> DataFrame:
+    """Rows of a day before `run_date` that would be accepted but that EVENTS (the days already
+    built) does not hold: reason `late_event`, attributed to `run_date` (an incremental run of
+    `run_date` cannot add them to their day; docs/etl.md says how to reprocess). Rows EVENTS
+    holds belong to their own day's run and are left out."""
+    earlier = marked.where(F.col("reason").isNull() & (F.col("run_date") < run_date))
+    built = events.select(*[F.col(name).alias(f"_built_{name}") for name in EVENT_COLUMNS])
+    same = [F.col(name).eqNullSafe(F.col(f"_built_{name}")) for name in EVENT_COLUMNS]
+    return (
+        earlier.join(built, same, "left_anti")
+        .withColumn("reason", F.lit("late_event"))
+        .withColumn("run_date", F.lit(run_date))
     )
 
 

@@ -1,6 +1,7 @@
 """Samples from user-sorted events, vectorised with numpy over many users at once (no Spark).
 
-    process(events: EventChunk, spec: SampleSpec, pools: DayPools | None) -> pa.RecordBatch
+    process(events: EventChunk, spec: SampleSpec, pools: DayPools | None,
+            prior: state.Prior | None = None) -> pa.RecordBatch
         SAMPLES rows (contract/samples.py, less `split`) of the chunk's user-days in
         [spec.first_date, spec.last_date] that keep at least one request
 
@@ -14,6 +15,11 @@ The chunk holds *whole users*: every event of each of its users up to the last d
 - candidates = the positive and its negatives from the request's pool (etl/sampling.py), with the
   user's earlier items and the positive excluded, de-duplicated, the first k kept.
 
+With `prior` (an incremental day build, etl/state.py) the chunk holds one day's events after each
+user's `recent_*` events from the state table (dated state.PRIOR_DATE), and the profile and the
+items excluded from the negatives come from the state's accumulators instead of the chunk: the
+rows are the same as from the whole history.
+
 This is the fast path of the `samples` stage (etl/protocols.py runs it in an Arrow UDF); its
 output equals the definitions above exactly, which tests/etl/reference.py recomputes in plain
 Python. Letters: N events, G user-days, R requests, J draws per request, K negatives per request.
@@ -22,11 +28,15 @@ Python. Letters: N events, G user-days, R requests, J draws per request, K negat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from etl.sampling import DayPools, draw_hash
+
+if TYPE_CHECKING:  # etl.state imports this module
+    from etl import state
 
 SALT_REPLACE, SALT_OWN, SALT_PICK = 0x5EED0001, 0x5EED0002, 0x5EED0003
 
@@ -196,7 +206,8 @@ def _top_categories(chunk: EventChunk, user_start: np.ndarray, group_start: np.n
     return distinct, top_values, top_offsets
 
 
-def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None) -> pa.RecordBatch:
+def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
+            prior: state.Prior | None = None) -> pa.RecordBatch:
     n = len(chunk)
     if n == 0:
         return empty_batch()
@@ -239,7 +250,7 @@ def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None) -> pa.R
     if spec.requests == "labeled":
         labels_positive = (chunk.behavior[request] == spec.positive_code).astype(np.int32)
     negatives, negative_categories, keep_request = _negatives(
-        chunk, spec, pools, request, time_start, index)
+        chunk, spec, pools, request, time_start, index, prior)
     # Drop requests without candidates, then user-days without requests.
     request = request[keep_request]
     request_group = request_group[keep_request]
@@ -294,8 +305,11 @@ def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None) -> pa.R
     candidate_category[negative_slots] = flat_negative_categories
     group_candidate_offsets = candidate_offsets[request_offsets]
 
-    dense, top_values, top_offsets = _profiles(chunk, spec, user_start, group_start_all,
-                                               groups)
+    if prior is None:
+        dense, top_values, top_offsets = _profiles(chunk, spec, user_start, group_start_all,
+                                                   groups)
+    else:
+        dense, top_values, top_offsets = _prior_profiles(prior, spec, user[group_start])
     return _batch(chunk, spec, group_start, timeline, timeline_offsets, request, request_offsets,
                   history_end, per_request, candidate_item, candidate_category, candidate_label,
                   group_candidate_offsets, dense, top_values, top_offsets)
@@ -318,13 +332,49 @@ def _profiles(chunk: EventChunk, spec: SampleSpec, user_start: np.ndarray,
         chunk, user_start, group_start_all, groups, spec.top_categories)
     statistics.append(distinct)
     if spec.with_watch_time:
-        statistics.append(range_sums(chunk.watch_time, first, start))
+        statistics.append(watch_time_before(chunk, user_start, group_start_all)[groups])
+    dense = np.log1p(np.stack(statistics, axis=1).astype(np.float64)).astype(np.float32)
+    return dense, top_values, top_offsets
+
+
+def watch_time_before(chunk: EventChunk, user_start: np.ndarray,
+                      group_start_all: np.ndarray) -> np.ndarray:
+    """[G'] the user's total watch time before each user-day: a float64 fold over the earlier
+    days, `((0 + day_1) + day_2) + ...`, each day summed over its events in order. Summed day by
+    day so that an incremental build (etl/state.py) carries the same bits in its state."""
+    group_end_all = np.append(group_start_all[1:], len(chunk))
+    day_sum = range_sums(chunk.watch_time, group_start_all, group_end_all)
+    group_user_first = np.searchsorted(group_start_all, user_start[group_start_all])
+    position = np.arange(len(group_start_all)) - group_user_first
+    before = np.zeros(len(group_start_all))
+    for day in range(1, int(position.max(initial=0)) + 1):
+        at = np.flatnonzero(position == day)
+        before[at] = before[at - 1] + day_sum[at - 1]
+    return before
+
+
+def _prior_profiles(prior: state.Prior, spec: SampleSpec, users: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The profiles of `users` [g] from their state (all zero for a user without one): the same
+    statistics as _profiles computes from the whole history."""
+    from etl import state
+
+    rows = prior.rows(users)
+    counts = prior.take(prior.behavior_counts, rows)  # [g, behaviors]
+    statistics = [counts[:, code] for code in range(spec.behaviors)]
+    statistics.append(prior.take(prior.event_count, rows))
+    statistics.append(prior.take(prior.active_days, rows))
+    distinct, top_values, top_offsets = state.top_categories(prior, rows, spec.top_categories)
+    statistics.append(distinct)
+    if spec.with_watch_time:
+        statistics.append(prior.take(prior.watch_time_total, rows))
     dense = np.log1p(np.stack(statistics, axis=1).astype(np.float64)).astype(np.float32)
     return dense, top_values, top_offsets
 
 
 def _negatives(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
-               request: np.ndarray, time_start: np.ndarray, index: np.ndarray):
+               request: np.ndarray, time_start: np.ndarray, index: np.ndarray,
+               prior: state.Prior | None = None):
     """-> (negative items, their categories, keep mask [R]).
 
     Items/categories are [R, K] with -1 for none, or lists of arrays when the count varies by
@@ -339,10 +389,11 @@ def _negatives(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
     # draws are the first k usable ones either way, so the result is the same).
     first_width = min(spec.draws, sampled_count + 4)
     rows = np.arange(count)
-    drawn, drawn_category, keep = _usable_draws(chunk, spec, pools, request, rows, first_width)
+    drawn, drawn_category, keep = _usable_draws(chunk, spec, pools, request, rows, first_width,
+                                                prior)
     short = np.flatnonzero(keep.sum(axis=1) < sampled_count)
     if len(short) and first_width < spec.draws:
-        full = _usable_draws(chunk, spec, pools, request, short, spec.draws)
+        full = _usable_draws(chunk, spec, pools, request, short, spec.draws, prior)
         pad = ((0, 0), (0, spec.draws - first_width))
         drawn = np.pad(drawn, pad, constant_values=-1)
         drawn_category = np.pad(drawn_category, pad, constant_values=-1)
@@ -367,7 +418,8 @@ def _negatives(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
 
 
 def _usable_draws(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
-                  request: np.ndarray, rows: np.ndarray, width: int
+                  request: np.ndarray, rows: np.ndarray, width: int,
+                  prior: state.Prior | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draws 0..width-1 of the requests `request[rows]` -> (items, categories, keep) [r, width];
     keep: the first k usable draws (not excluded, not a repeat)."""
@@ -385,6 +437,8 @@ def _usable_draws(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
     valid = (drawn >= 0) & (drawn != item[:, None])
     if spec.exclude_history:
         valid &= ~_touched_before(chunk, request, drawn)
+        if prior is not None:  # items of the days before the chunk's recent events too
+            valid &= ~_in_prior_items(prior, user, drawn)
     sampled_count = max(spec.negatives, 1) if spec.replace_probability > 0 else spec.negatives
     return drawn, drawn_category, first_k_distinct(drawn, valid, sampled_count)
 
@@ -410,6 +464,19 @@ def _touched_before(chunk: EventChunk, request: np.ndarray, drawn: np.ndarray) -
     touched = (found >= 0) & (pair_first_ts[found] < np.repeat(chunk.ts[request],
                                                                 drawn.shape[1]))
     return touched.reshape(drawn.shape)
+
+
+def _in_prior_items(prior: state.Prior, user: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """[r, J] whether the drawn item is among the request's user's items in `prior` (all of them
+    before the chunk's day, so before the request)."""
+    import pandas as pd
+
+    rows = prior.rows(user)
+    owner = np.repeat(np.arange(len(prior.user_id)), np.diff(prior.item_offsets))
+    item_key, draw_key = _keys(owner, prior.item_id, np.repeat(rows, drawn.shape[1]),
+                               np.maximum(drawn.ravel(), 0))
+    found = pd.Index(item_key).get_indexer(draw_key) >= 0
+    return (found & (np.repeat(rows, drawn.shape[1]) >= 0)).reshape(drawn.shape)
 
 
 def _with_own_history(chunk: EventChunk, spec: SampleSpec, request: np.ndarray,

@@ -173,6 +173,31 @@ def write_delta(
     writer.save(path)
 
 
+def write_state(frame: DataFrame, path: str, user_metadata: str) -> None:
+    """Replace the whole (unpartitioned) table at `path` with `frame`, `user_metadata` recorded
+    in the commit."""
+    writer = frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    writer = writer.option("userMetadata", user_metadata)
+    for key, value in TABLE_PROPERTIES.items():
+        writer = writer.option(key, value)
+    writer.save(path)
+
+
+def merge_state(spark: SparkSession, updates: DataFrame, path: str, user_metadata: str) -> None:
+    """Upsert `updates` into the table at `path` by user_id (Delta MERGE), `user_metadata`
+    recorded in the commit."""
+    from delta.tables import DeltaTable
+
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, user_metadata)
+    try:
+        (DeltaTable.forPath(spark, path).alias("state")
+         .merge(updates.alias("day"), "state.user_id = day.user_id")
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    finally:
+        spark.conf.unset(key)
+
+
 def read_delta(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.format("delta").load(path)
 

@@ -1,0 +1,176 @@
+"""Incremental daily builds (`--date D --incremental`, etl/state.py): one day's events plus the
+per-user state as of the day before give exactly the rows of a build from the whole history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from etl import build_sequences, state
+from etl.sampling import DayPools
+from etl.sequences import EVENT_COLUMNS, EventChunk, SampleSpec, process
+
+DAYS = ("2017-11-25", "2017-11-26", "2017-11-27")  # conftest.DAYS
+TABLES = ("events", "quarantine", "samples", "profiles", "state")
+
+
+def table(root: Path, name: str) -> list[dict]:
+    return DeltaTable(str(root / name)).to_pyarrow_table().to_pylist()
+
+
+def canonical(root: Path, name: str, days: tuple[str, ...] | None = None) -> list[tuple]:
+    rows = table(root, name)
+    if days is not None:
+        rows = [row for row in rows if row["date"] in days]
+    return sorted(tuple(repr(v) for v in row.values()) for row in rows)
+
+
+# -- numpy: the state carries what process needs (no Spark) ---------------------------------
+
+def random_log(seed: int = 0, events: int = 600, users: int = 15) -> EventChunk:
+    """Events of 3 days, sorted as the Arrow UDF gets them; watch times with full float32 bits."""
+    generator = np.random.default_rng(seed)
+    user = generator.integers(0, users, events)
+    item = generator.integers(0, 60, events)
+    day = generator.integers(0, 3, events)
+    ts = 1511539200 + day * 86400 + generator.integers(0, 86400, events)
+    behavior = generator.integers(1, 5, events).astype(np.int32)
+    watch = (generator.random(events) * 100).astype(np.float32)
+    order = np.lexsort((watch, item % 7, behavior, item, ts, user))
+    return EventChunk(user[order], item[order], (item % 7)[order], behavior[order], ts[order],
+                      watch[order], np.array(DAYS)[day][order])
+
+
+def day_spec(day: str) -> SampleSpec:
+    return SampleSpec(first_date=day, last_date=day, max_len=8, top_categories=3, behaviors=4,
+                      positive_code=1, with_watch_time=True, requests="positive", negatives=5,
+                      draws=14, uniform=False, exclude_history=True, history_fraction=0.0,
+                      replace_probability=0.0, seed=3)
+
+
+def subset(chunk: EventChunk, mask: np.ndarray) -> EventChunk:
+    return EventChunk(*(getattr(chunk, name)[mask] for name in EVENT_COLUMNS))
+
+
+def with_state(chunk: EventChunk, rows: pa.RecordBatch, day: str) -> pa.Table:
+    """The frame state._with_state hands the Arrow UDF: the STATE rows of the day's users, then
+    the day's events, sorted by user then source."""
+    on_day = subset(chunk, chunk.date == day)
+    active = np.isin(rows.column("user_id").to_numpy(), on_day.user_id)
+    state_rows = pa.Table.from_batches([rows]).filter(pa.array(active))
+    events = pa.table({name: getattr(on_day, name) for name in EVENT_COLUMNS})
+    both = pa.concat_tables([
+        state_rows.append_column(state.SOURCE, pa.array(np.zeros(len(state_rows), np.int32))),
+        events.append_column(state.SOURCE, pa.array(np.ones(len(events), np.int32))),
+    ], promote_options="default")
+    order = np.lexsort((np.arange(len(both)), both.column(state.SOURCE).to_numpy(),
+                        both.column("user_id").to_numpy()))
+    return both.take(pa.array(order))
+
+
+@pytest.mark.parametrize("day", DAYS[1:])
+def test_samples_from_the_state_equal_samples_from_the_whole_history(day):
+    log = random_log()
+    pools = DayPools.from_arrays(log.date, log.ts, log.user_id, log.item_id, log.behavior,
+                                 log.category_id)
+    expected = process(subset(log, log.date <= day), day_spec(day), pools).to_pylist()
+    before = state.fold(subset(log, log.date < day), None, day_spec(day))
+    chunk, prior = state.split_batch(with_state(log, before, day), behaviors=4)
+    assert process(chunk, day_spec(day), pools, prior).to_pylist() == expected
+    # Histories longer than max_len, items and categories only the state remembers: covered.
+    assert max(len(row["touched_item_id"]) for row in before.to_pylist()) > 8
+
+
+def test_folding_a_day_into_the_state_equals_folding_the_whole_history():
+    log = random_log(seed=1)
+    day = DAYS[2]
+    before = state.fold(subset(log, log.date < day), None, day_spec(day))
+    chunk, prior = state.split_batch(with_state(log, before, day), behaviors=4)
+    folded = {row["user_id"]: row for row in state.fold(chunk, prior, day_spec(day)).to_pylist()}
+    whole = {row["user_id"]: row for row in state.fold(log, None, day_spec(day)).to_pylist()}
+    assert folded and all(whole[user] == row for user, row in folded.items())
+    # Users without events that day keep their row: the same as the whole history's.
+    idle = set(whole) - set(folded)
+    assert all(whole[user] == row for user, row in
+               ((r["user_id"], r) for r in before.to_pylist()) if user in idle)
+
+
+def test_the_state_version_of_a_day_is_the_newest_not_superseded_by_an_earlier_day():
+    history = [(5, DAYS[2]), (4, DAYS[1]), (3, DAYS[0]), (2, DAYS[2]), (1, DAYS[1])]
+    assert state.version_as_of(history, DAYS[2]) == 5
+    assert state.version_as_of(history, DAYS[1]) == 4
+    # Version 1 (as of day 2) predates a rebuild of day 1 (version 3): stale.
+    assert state.version_as_of([(3, DAYS[0]), (1, DAYS[1])], DAYS[1]) is None
+    assert state.version_as_of([(7, None), (6, DAYS[1])], DAYS[1]) is None
+    assert state.version_as_of([], DAYS[0]) is None
+
+
+# -- Spark: the whole job ---------------------------------------------------------------
+
+@pytest.mark.spark
+def test_day_by_day_incremental_builds_equal_the_full_build(
+    spark, full_build, raw_log, build_cli, tmp_path
+):
+    """From the range's first day (no state needed), then each day on the state of the day
+    before (Delta MERGE); the last day twice (a rerun starts from the state as of the day before,
+    not from its own)."""
+    for day in (*DAYS, DAYS[-1]):
+        code = build_sequences.main(build_cli(raw_log, tmp_path, "--date", day, "--incremental"))
+        assert code == 0
+    for name in TABLES:
+        assert canonical(tmp_path, name) == canonical(full_build, name), name
+    operations = DeltaTable(str(tmp_path / "state")).history()
+    assert [entry["operation"] for entry in operations][::-1] == [
+        "WRITE", "MERGE", "MERGE", "WRITE"]
+
+
+@pytest.mark.spark
+def test_incremental_without_the_state_of_the_day_before_is_a_clear_error(
+    spark, raw_log, build_cli, tmp_path, caplog
+):
+    code = build_sequences.main(build_cli(raw_log, tmp_path, "--date", DAYS[1], "--incremental"))
+    assert code == 2
+    assert f"needs the state as of {DAYS[0]}" in caplog.text and "backfill" in caplog.text
+    assert not (tmp_path / "events").exists()  # refused before anything was written
+
+
+def raw_line(event: dict) -> str:
+    behavior = ("pv", "cart", "fav", "buy")[event["behavior"] - 1]
+    return f"{event['user_id']},{event['item_id']},{event['category_id']},{behavior},{event['ts']}"
+
+
+@pytest.mark.spark
+def test_late_events_are_quarantined_and_a_rebuild_from_their_day_recovers_them(
+    spark, full_build, raw_log, build_cli, tmp_path
+):
+    """Day 1 is built without three of its events; they arrive with day 2's input: quarantined
+    as `late_event` under day 2, the counts still add up. Rebuilding day 1 (without
+    --incremental) then day 2 incrementally gives the full build's rows."""
+    lines = raw_log.read_text().splitlines()
+    counts = {line: lines.count(line) for line in lines}
+    day_one = [raw_line(e) for e in table(full_build, "events") if e["date"] == DAYS[0]]
+    held_out = [line for line in day_one if counts.get(line) == 1][:3]
+    assert len(held_out) == 3
+    early = tmp_path / "early.csv"
+    early.write_text("\n".join(line for line in lines if line not in held_out) + "\n")
+    root = tmp_path / "root"
+    assert build_sequences.main(build_cli(early, root, "--date", DAYS[0], "--incremental")) == 0
+    assert build_sequences.main(build_cli(raw_log, root, "--date", DAYS[1], "--incremental")) == 0
+    late = [row for row in table(root, "quarantine") if row["reason"] == "late_event"]
+    assert sorted(row["raw"] for row in late) == sorted(held_out)
+    assert {row["run_date"] for row in late} == {DAYS[1]}
+    # Nothing lost: every line of the first two days is an event or quarantined, once.
+    full_events = [e for e in table(full_build, "events") if e["date"] in DAYS[:2]]
+    full_quarantine = [q for q in table(full_build, "quarantine") if q["run_date"] in DAYS[:2]]
+    assert len(table(root, "events")) == len(full_events) - len(held_out)
+    assert len(table(root, "quarantine")) == len(full_quarantine) + len(held_out)
+    # Reprocess: rebuild the late events' day, then the days after it in order.
+    assert build_sequences.main(build_cli(raw_log, root, "--date", DAYS[0])) == 0
+    assert build_sequences.main(build_cli(raw_log, root, "--date", DAYS[1], "--incremental")) == 0
+    for name in ("events", "samples", "profiles"):
+        assert canonical(root, name) == canonical(full_build, name, DAYS[:2]), name
+    assert not [row for row in table(root, "quarantine") if row["reason"] == "late_event"]
