@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import partial
 
-import numpy as np
 import pyarrow as pa
 from pyspark import Broadcast
 from pyspark.sql import DataFrame, Window
@@ -38,9 +37,6 @@ from pyspark.sql import functions as F
 from etl import sequences
 from etl.config import EtlConfig, ProtocolConfig, Sampling, SourceFormat, SplitRule
 
-# Events per numpy chunk: large enough to amortise the per-call overhead, small enough for
-# [requests x draws] arrays of a few hundred MB at most.
-CHUNK_EVENTS = 200_000
 SORT_ORDER = ("user_id", "ts", "item_id", "behavior", "category_id", "watch_time")
 
 
@@ -70,23 +66,7 @@ def _sample_batches(batches: Iterator[pa.RecordBatch], pools: Broadcast | None,
     """Arrow UDF: user-sorted event batches -> SAMPLES batches, processed in chunks that each
     end at a user boundary (a user's events may span input batches)."""
     day_pools = pools.value if pools is not None else None
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    for batch in batches:
-        pending.append(batch)
-        pending_rows += batch.num_rows
-        if pending_rows < CHUNK_EVENTS:
-            continue
-        table = pa.Table.from_batches(pending).combine_chunks()
-        users = table.column("user_id").to_numpy()
-        cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep it
-        if cut > 0:
-            yield sequences.process(sequences.EventChunk.from_arrow(table.slice(0, cut)), spec,
-                                    day_pools)
-        pending = table.slice(cut).to_batches()
-        pending_rows = table.num_rows - cut
-    if pending_rows:
-        table = pa.Table.from_batches(pending).combine_chunks()
+    for table in sequences.whole_user_tables(batches):
         yield sequences.process(sequences.EventChunk.from_arrow(table), spec, day_pools)
 
 

@@ -27,6 +27,7 @@ Python. Letters: N events, G user-days, R requests, J draws per request, K negat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,9 @@ from etl.sampling import DayPools, draw_hash
 if TYPE_CHECKING:  # etl.state imports this module
     from etl import state
 
+# Events per numpy chunk: large enough to amortise the per-call overhead, small enough for
+# [requests x draws] arrays of a few hundred MB at most.
+CHUNK_EVENTS = 200_000
 SALT_REPLACE, SALT_OWN, SALT_PICK = 0x5EED0001, 0x5EED0002, 0x5EED0003
 
 
@@ -569,3 +573,23 @@ def _batch(chunk, spec, group_start, timeline, timeline_offsets, request, reques
         _list(top_values, top_offsets, pa.int64()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=SAMPLE_SCHEMA)
+
+
+def whole_user_tables(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """User-sorted batches -> tables of about CHUNK_EVENTS rows that each hold whole users."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows < CHUNK_EVENTS:
+            continue
+        table = pa.Table.from_batches(pending).combine_chunks()
+        users = table.column("user_id").to_numpy()
+        cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep it
+        if cut > 0:
+            yield table.slice(0, cut)
+        pending = table.slice(cut).to_batches()
+        pending_rows = table.num_rows - cut
+    if pending_rows:
+        yield pa.Table.from_batches(pending).combine_chunks()

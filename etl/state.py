@@ -292,39 +292,17 @@ def split_batch(table: pa.Table, behaviors: int) -> tuple[EventChunk, Prior]:
     return EventChunk(*(getattr(both, name)[order] for name in sequences.EVENT_COLUMNS)), prior
 
 
-def _whole_user_tables(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """User-sorted batches -> tables of about CHUNK_EVENTS rows that each hold whole users."""
-    from etl.protocols import CHUNK_EVENTS
-
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    for batch in batches:
-        pending.append(batch)
-        pending_rows += batch.num_rows
-        if pending_rows < CHUNK_EVENTS:
-            continue
-        table = pa.Table.from_batches(pending).combine_chunks()
-        users = table.column("user_id").to_numpy()
-        cut = int(np.searchsorted(users, users[-1]))  # the last user may go on: keep it
-        if cut > 0:
-            yield table.slice(0, cut)
-        pending = table.slice(cut).to_batches()
-        pending_rows = table.num_rows - cut
-    if pending_rows:
-        yield pa.Table.from_batches(pending).combine_chunks()
-
-
 def _sample_batches(batches: Iterator[pa.RecordBatch], pools: Broadcast | None,
                     spec: SampleSpec) -> Iterator[pa.RecordBatch]:
     day_pools = pools.value if pools is not None else None
-    for table in _whole_user_tables(batches):
+    for table in sequences.whole_user_tables(batches):
         chunk, prior = split_batch(table, spec.behaviors)
         yield sequences.process(chunk, spec, day_pools, prior)
 
 
 def _fold_batches(batches: Iterator[pa.RecordBatch], spec: SampleSpec,
                   with_prior: bool) -> Iterator[pa.RecordBatch]:
-    for table in _whole_user_tables(batches):
+    for table in sequences.whole_user_tables(batches):
         if with_prior:
             chunk, prior = split_batch(table, spec.behaviors)
             yield fold(chunk, prior, spec)
