@@ -6,10 +6,13 @@ runs the same command a person would, with the **main** virtualenv's `python` / 
 `torchrun` first on `PATH` (Airflow lives in a venv of its own; see `docs/airflow.md`):
 
 - `etl`: `bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT
-  --date DS` rebuilds day DS's partitions (idempotent) and the feature spec; with the param
-  `etl_full_range` (first run on an empty ROOT) it builds the whole range, history included;
-  with `etl_incremental` it adds `--incremental`: DS is built from DS's events and the ETL's
-  per-user state as of DS - 1 only (docs/etl.md, "Incremental daily builds").
+  --incremental --date DS` builds day DS from DS's events and the ETL's per-user state as of
+  DS - 1 only (docs/etl.md, "Incremental daily builds"; idempotent: a rerun starts from the
+  state as of DS - 1 again) and updates the feature spec. With the param `etl_full_range` (first
+  run on an empty ROOT) it builds the whole range up to DS (`--end-date DS`), history included,
+  which leaves the state as of DS for the next day's incremental run; with `etl_incremental`
+  false it rebuilds DS from its users' whole history (`--date DS` alone: also writes the state
+  as of DS).
 - `validate`: `python -m airflow_dags.release validate --root ROOT --date DS ...` checks the
   feature spec: DS has samples, counts and positive rates are sane, the tables exist.
 - `train`: `torchrun --nproc_per_node=N trainer/main.py --data ROOT --model M --output RUN_DIR
@@ -100,10 +103,11 @@ PARAMS = {
         description="rebuild the whole configured range, not only DS (first run, new config)",
     ),
     "etl_incremental": Param(
-        False,
+        True,
         type="boolean",
         description="build DS from its events and the state as of DS - 1 (--incremental); "
-        "needs the state of DS - 1: the day before built, or a full range ending DS - 1",
+        "needs the state of DS - 1: the day before built, or a full range run on DS - 1; "
+        "false: rebuild DS from the whole history of its users (a repair, or no state yet)",
     ),
     "etl_args": Param([], type="array", items={"type": "string"}, description="extra ETL flags"),
     "model": Param("cain", type="string", description="a model.registry name"),
@@ -204,7 +208,9 @@ def cain_daily():
         command = ["bash", "scripts/spark_submit.sh", *params["spark_submit_args"]]
         command += ["etl/build_sequences.py"]
         command += ["--input", params["raw_input"], "--output", params["data_root"]]
-        if not params["etl_full_range"]:  # the first run needs the history: the whole range
+        if params["etl_full_range"]:  # the first run needs the history: the whole range to DS,
+            command += ["--end-date", ds]  # which leaves the per-user state as of DS
+        else:
             command += ["--incremental"] if params["etl_incremental"] else []
             command += ["--date", ds]
         if params["spark_master"]:
