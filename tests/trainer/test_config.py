@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trainer.config import ConfigError, ShardingType, config_from_dict, load_config
@@ -37,6 +39,19 @@ def test_model_presets_compose_with_train_presets():
     assert config.model.options["embedding_dim"] == 64  # from the train preset
     assert config.model.options["twin"]["num_heads"] == 4  # from the model preset
     assert config.train.batch_size == 1536 and config.train.max_steps == 3
+
+
+@pytest.mark.parametrize("preset", sorted(Path("conf/train").glob("*.yaml")), ids=str)
+def test_every_train_preset_composes_after_the_defaults(preset):
+    config = load_config([DEFAULT_CONFIG, preset])
+    assert config.train.batch_size > 0  # typed and checked, or load_config raised
+
+
+def test_the_converge_preset_trains_epochs_with_validation_and_early_stopping():
+    config = load_config([DEFAULT_CONFIG, "conf/train/converge.yaml"])
+    assert config.data.validation_days == 1 and config.train.epochs == 5
+    assert config.train.early_stopping_patience == 1 and config.train.restore_best
+    assert config.train.sparse_lr == load_config(DEFAULT_CONFIG).train.sparse_lr  # defaults kept
 
 
 @pytest.mark.parametrize(
