@@ -15,10 +15,13 @@ sample of the `samples` table (Parquet files / candidates), per request
 and per user-day row, and the machine's load average (other work on a shared machine slows the
 job; compare numbers from the same run only). Prints a table; never asserts on timings.
 
-`--incremental-day`: after the full build of a size, the range's last day is rebuilt twice on
-top of the other days' history (the size): `--date LAST --incremental` (its events + the state
-as of the day before; the state is first set to that day by an untimed `--date LAST-1` run) and
-`--date LAST` (rereads the history of the day's users); both wall times are reported.
+`--incremental-day`: after the full build of a size, the range's last day is rebuilt on top of
+the other days' history (the size). The state is first set to the day before by an untimed
+`--date LAST-1` run. Then, timed: `--date LAST --incremental` with the day's drop as its input
+(`day-SIZE.csv`: LAST's events of users 1..`--day-users`, default the smallest size's users, so
+every size rebuilds the *same* day and only the history differs: the cost of a daily run should
+not grow with history), and `--date LAST` on the whole log (the non-incremental way: rereads
+every earlier event of the day's users).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,27 +93,52 @@ def _logged_shuffle_partitions(log: Path) -> int | None:
 def stage_seconds(log: Path) -> dict[str, float]:
     """Seconds of each stage as the job logged them (`[etl] clean  112.3s ...`)."""
     return {name: float(seconds) for name, seconds in
-            re.findall(r"\[etl\] (clean|samples|state)\s+([0-9.]+)s", log.read_text())}
+            re.findall(r"\[etl\] (clean|samples|state|spec)\s+([0-9.]+)s", log.read_text())}
 
 
-def incremental_day(raw: Path, root: Path, env: dict[str, str], work: Path, size: int) -> dict:
-    """Wall seconds of the last day built with and without --incremental on top of `root`."""
+def write_day_drop(raw: Path, drop: Path, day: str, users: int) -> int:
+    """Write `day`'s events of users 1..`users` (a daily drop) from the raw log; -> rows written."""
+    from zoneinfo import ZoneInfo
+
+    start = int(datetime.combine(date.fromisoformat(day), datetime.min.time(),
+                                 ZoneInfo("Asia/Shanghai")).timestamp())
+    rows = 0
+    with raw.open() as source, drop.open("w") as sink:
+        for line in source:
+            fields = line.split(",")
+            try:
+                user, ts = int(fields[0]), int(fields[4])
+            except (IndexError, ValueError):
+                continue  # a deliberately defective row: not part of the day's drop
+            if user <= users and start <= ts < start + 86_400:
+                sink.write(line)
+                rows += 1
+    return rows
+
+
+def incremental_day(raw: Path, root: Path, env: dict[str, str], work: Path, size: int,
+                    day_users: int) -> dict:
+    """Wall seconds of the last day: --incremental on its drop, and without on the whole log."""
     sys.path.insert(0, str(REPO))  # run as a script: the repository is not on sys.path
     from etl.config import load_config
 
     last = load_config("taobao", "cain").source.end_date
     before = (date.fromisoformat(last) - timedelta(days=1)).isoformat()
-    day = [sys.executable, "etl/build_sequences.py", "--input", str(raw), "--output", str(root)]
-    seconds = {}
-    for name, extra in (("state", ["--date", before]),
-                        ("incremental", ["--date", last, "--incremental"]),
-                        ("full_history", ["--date", last])):
-        wall, _, code = run_measured(day + extra, env, work / f"{name}-{size}.log")
+    drop = work / f"day-{size}.csv"
+    drop_events = write_day_drop(raw, drop, last, day_users)
+    job = [sys.executable, "etl/build_sequences.py", "--output", str(root)]
+    seconds, peaks = {}, {}
+    for name, extra in (("state", ["--input", str(raw), "--date", before]),
+                        ("incremental", ["--input", str(drop), "--date", last, "--incremental"]),
+                        ("full_history", ["--input", str(raw), "--date", last])):
+        wall, peak, code = run_measured(job + extra, env, work / f"{name}-{size}.log")
         if code != 0:
             raise SystemExit(f"the {name} day run failed for size {size}: see "
                              f"{work}/{name}-{size}.log")
-        seconds[name] = round(wall, 1)
-    return {"day": last, "incremental_day_seconds": seconds["incremental"],
+        seconds[name], peaks[name] = round(wall, 1), round(peak / 2**30, 2)
+    return {"day": last, "day_users": day_users, "day_events": drop_events,
+            "incremental_day_seconds": seconds["incremental"],
+            "incremental_day_peak_rss_gib": peaks["incremental"],
             "full_history_day_seconds": seconds["full_history"],
             "incremental_stage_seconds": stage_seconds(work / f"incremental-{size}.log"),
             "full_history_stage_seconds": stage_seconds(work / f"full_history-{size}.log")}
@@ -120,7 +148,7 @@ def samples_bytes(root: Path) -> int:
     return sum(path.stat().st_size for path in (root / "samples").rglob("*.parquet"))
 
 
-def benchmark(size: int, work: Path, master: str, with_incremental_day: bool = False) -> dict:
+def benchmark(size: int, work: Path, master: str, day_users: int | None = None) -> dict:
     users = max(10, size // 100)
     items = max(20_000, size // 20)
     raw, root = work / f"raw-{size}.csv", work / f"delta-{size}"
@@ -156,7 +184,7 @@ def benchmark(size: int, work: Path, master: str, with_incremental_day: bool = F
 
     rows = DeltaTable(str(root / "samples")).to_pyarrow_dataset().count_rows()
     table_bytes = samples_bytes(root)
-    day = incremental_day(raw, root, env, work, size) if with_incremental_day else {}
+    day = incremental_day(raw, root, env, work, size, day_users) if day_users else {}
     return {
         "events": input_rows,
         "users": users,
@@ -195,6 +223,8 @@ def main() -> None:
                         help="keep the output file's results for sizes not run now")
     parser.add_argument("--incremental-day", action="store_true",
                         help="also time the last day with and without --incremental")
+    parser.add_argument("--day-users", type=int, default=None,
+                        help="users in the --incremental-day drop (default: the smallest size's)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     kept = []
@@ -202,16 +232,20 @@ def main() -> None:
         kept = json.loads(args.output.read_text())["results"]
     print(f"{'events':>10} {'etl s':>8} {'events/s':>10} {'peak GiB':>9} {'copy s':>7} "
           f"{'ratio':>6} {'B/cand':>7} {'B/req':>7} {'load':>5}")
+    day_users = None
+    if args.incremental_day:
+        day_users = args.day_users or max(10, min(args.sizes) // 100)
     for size in args.sizes:
-        result = benchmark(size, args.work, args.master, args.incremental_day)
+        result = benchmark(size, args.work, args.master, day_users)
         print(f"{result['events']:>10} {result['etl_seconds']:>8} "
               f"{result['events_per_second']:>10} {result['peak_rss_gib']:>9} "
               f"{result['copy_seconds']:>7} {result['etl_to_copy_ratio']:>6} "
               f"{result['bytes_per_candidate']:>7} {result['bytes_per_request']:>7} "
               f"{result['load_average_before']:>5}", flush=True)
         if args.incremental_day:
-            print(f"{'':>10} day {result['day']}: --incremental {result['incremental_day_seconds']}"
-                  f" s, without {result['full_history_day_seconds']} s", flush=True)
+            print(f"{'':>10} day {result['day']} ({result['day_events']} events of "
+                  f"{day_users} users): --incremental {result['incremental_day_seconds']} s; "
+                  f"all its users without: {result['full_history_day_seconds']} s", flush=True)
         # Written after every size, so a long run that fails later keeps what it measured.
         kept = [r for r in kept if r["size"] != size] + [{"size": size, **result}]
         payload = {

@@ -597,7 +597,11 @@ def run(args: argparse.Namespace) -> FeatureSpec:
         build_samples(session, config, root, first, last, demographics, fields,
                       args.files_per_day, prior)
         build_state(session, config, root, first, last, prior_version, args.incremental)
+        spec_started = time.time()
         spec = feature_spec(session, config, root, demographics, fields)
+        # Scans the whole events and samples tables (distinct ids, split totals, samples per
+        # file): the one part of an incremental day that still grows with history.
+        stage("spec", spec_started, samples_files=len(spec.file_samples))
     if _is_local(root):
         path = spec.write(_local(root))
     else:  # the trainer reads it back with pyarrow's file systems (FeatureSpec.read)
