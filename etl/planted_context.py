@@ -194,10 +194,11 @@ def place_episodes(rng: np.random.Generator, design: PlantedDesign, length: int)
 def has_pattern(design: PlantedDesign, items: np.ndarray, pair: int, target: int) -> bool:
     """Whether A_pair and B_pair sit within `window` of each other at lags in the far window.
 
-    items: [n] the user's item ids in time order; target: the target impression's position.
+    items: [n] the user's item ids in time order; target: the target impression's position (the
+    window is cut at the first impression when the target is closer to it than `lag_max`).
     """
-    start = target - design.lag_max
-    window_items = items[start : target - design.lag_min + 1]  # lags lag_max..lag_min
+    start, end = max(0, target - design.lag_max), max(0, target - design.lag_min + 1)
+    window_items = items[start:end]  # lags lag_max..lag_min
     first = np.flatnonzero(window_items == design.pairs[pair, 0])
     second = np.flatnonzero(window_items == design.pairs[pair, 1])
     if not first.size or not second.size:

@@ -14,6 +14,14 @@ Scores come from the run's final checkpoint (`trainer.predict.Scorer`, one CPU p
 test split; a candidate is a target when its item id is one of the design's target ids.
 Writes RUN_DIR/planted_metrics.json: `target_auc`, `target_auc_active`, `target_auc_casual`
 (AUC over the targets of the design's active / other users) and their sample counts.
+
+    python -m experiments.planted_metrics --data ROOT --design RAW/planted.json   # no --run
+
+prints the **rule's** target AUC instead: the planted rule itself as the score (1 when the
+target's two triggers co-occur in its far window, `etl.planted_context.has_pattern`, on the
+user's accepted events of the `events` table), for the same test targets. It is what a model that
+learned the pattern exactly would reach, up to the click draws (the ceiling to read a run's
+target AUC against); on the control (strength 0) it is 0.5 up to noise.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from deltalake import DeltaTable
 
+from contract.feature_spec import FeatureSpec
+from etl.planted_context import PlantedDesign, has_pattern
 from model.batch import Keys
 from trainer import checkpoint
 from trainer.data import SamplesTable, SampleStream, rank_share
@@ -86,30 +97,78 @@ def planted_metrics(run_dir: Path, data: Path, design_path: Path) -> dict[str, f
     """Target AUC overall and per user type; also written to RUN_DIR/planted_metrics.json."""
     design = json.loads(design_path.read_text())
     scores = target_scores(run_dir, data, {pair["target"] for pair in design["pairs"]})
+    result: dict[str, float] = {"design": str(design_path), "strength": design["strength"],
+                                **by_user_type(scores, design, "target_auc")}
+    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+CLICK = 2  # the feed source's `behavior` of a clicked impression (etl/clean.py)
+
+
+def rule_scores(data: Path, design: dict, split: str = "test") -> dict[str, np.ndarray]:
+    """user ids, labels and rule scores (0/1) of the split's target impressions, from the
+    `events` table: every user's accepted events in time order, the target's position in them."""
+    pairs = np.array([[p["first"], p["second"], p["target"]] for p in design["pairs"]])
+    planted = PlantedDesign(  # has_pattern reads the window, the lags and the pairs only
+        design["strength"], design["window"], design["lag_min"], design["lag_max"],
+        design["rate"], pairs, pair_authors=np.zeros_like(pairs),
+    )
+    dates = set(FeatureSpec.read(str(data)).splits[split].dates)
+    events = DeltaTable(str(data / "events")).to_pyarrow_table(
+        columns=["user_id", "item_id", "behavior", "ts", "date"]).to_pandas()
+    events = events.sort_values(["user_id", "ts"], kind="stable")
+    pair_of_target = {int(target): index for index, target in enumerate(pairs[:, 2])}
+    users, labels, scores = [], [], []
+    for user, rows in events.groupby("user_id", sort=False):
+        items = rows["item_id"].to_numpy()
+        in_split = rows["date"].isin(dates).to_numpy()
+        for position in np.flatnonzero(np.isin(items, pairs[:, 2]) & in_split):
+            pattern = has_pattern(planted, items, pair_of_target[int(items[position])],
+                                  int(position))
+            users.append(user)
+            labels.append(float(rows["behavior"].iat[position] == CLICK))
+            scores.append(float(pattern))
+    return {"users": np.array(users, np.int64), "labels": np.array(labels, np.float32),
+            "logits": np.array(scores, np.float32)}
+
+
+def by_user_type(scores: dict[str, np.ndarray], design: dict, prefix: str) -> dict[str, float]:
+    """AUC (and sample count) over all targets and over the active / casual users' targets."""
     active = np.isin(scores["users"], np.array(design["active_users"], dtype=np.int64))
-    result: dict[str, float] = {"design": str(design_path), "strength": design["strength"]}
+    result: dict[str, float] = {}
     for name, chosen in (
-        ("target_auc", np.ones_like(active)),
-        ("target_auc_active", active),
-        ("target_auc_casual", ~active),
+        (prefix, np.ones_like(active)),
+        (f"{prefix}_active", active),
+        (f"{prefix}_casual", ~active),
     ):
         result[name] = auc(
             scores["labels"][chosen], scores["logits"][chosen], scores["users"][chosen]
         )
         result[f"{name}_samples"] = int(chosen.sum())
-    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
     return result
+
+
+def rule_metrics(data: Path, design_path: Path) -> dict[str, float]:
+    """The planted rule's own target AUC on the test split (the ceiling for a run's)."""
+    design = json.loads(design_path.read_text())
+    return {"design": str(design_path), "strength": design["strength"],
+            **by_user_type(rule_scores(data, design), design, "rule_target_auc")}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", required=True, help="a finished trainer run directory")
+    parser.add_argument("--run", help="a finished trainer run directory (without: the rule's "
+                        "own target AUC)")
     parser.add_argument("--data", required=True, help="the ETL output root it was trained on")
     parser.add_argument("--design", required=True, help="planted.json of the raw log")
     arguments = parser.parse_args(argv)
-    result = planted_metrics(Path(arguments.run), Path(arguments.data), Path(arguments.design))
+    if arguments.run is None:
+        result = rule_metrics(Path(arguments.data), Path(arguments.design))
+    else:
+        result = planted_metrics(Path(arguments.run), Path(arguments.data), Path(arguments.design))
     print(json.dumps(result, indent=1))
 
 

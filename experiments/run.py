@@ -25,6 +25,7 @@ trailing key=value overrides (e.g. model.embedding_dim=64 for bigger runs).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -233,6 +234,25 @@ def header_lines(suite: Suite, settings: RunSettings) -> list[str]:
         ),
         f"seeds (train.seed): {', '.join(map(str, settings.seeds))}; {settings.nproc} "
         "processes per run (torchrun)",
+        *planted_rule_lines(settings),
+    ]
+
+
+@functools.cache
+def planted_rule(data: Path, design: Path) -> dict[str, float]:
+    return planted_metrics.rule_metrics(data, design)
+
+
+def planted_rule_lines(settings: RunSettings) -> list[str]:
+    """On planted data: the rule's own target AUC, the ceiling for the runs' target AUC."""
+    if settings.planted_design is None:
+        return []
+    rule = planted_rule(settings.data, settings.planted_design)
+    return [
+        f"planted rule's own target AUC (what learning the pattern exactly gives): "
+        f"{rule['rule_target_auc']:.4f} (active users {rule['rule_target_auc_active']:.4f}, "
+        f"casual {rule['rule_target_auc_casual']:.4f}; {rule['rule_target_auc_samples']} "
+        f"test targets, strength {rule['strength']})"
     ]
 
 

@@ -181,3 +181,50 @@ def test_planted_metrics_score_exactly_the_target_candidates(data, tmp_path):
     assert result["target_auc_active_samples"] == sum(user <= 12 for user, _ in chosen)
     assert 0.0 <= result["target_auc"] <= 1.0
     assert metrics["target_auc"] == result["target_auc"] and metrics["auc"] == 0.5
+
+
+def test_the_planted_rule_scores_the_test_targets_from_the_events_table(tmp_path):
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    from contract.feature_spec import FeatureSpec, SplitStats
+    from experiments import planted_metrics
+
+    first, second, target = 101, 102, 103
+    design = {"strength": 0.4, "window": 1, "lag_min": 3, "lag_max": 6, "rate": 0.1,
+              "pairs": [{"first": first, "second": second, "target": target}],
+              "active_users": [1, 2]}
+
+    def user(user_id: int, items: list[int], clicked: bool, date: str) -> list[dict]:
+        behaviors = [1] * (len(items) - 1) + [2 if clicked else 1]  # the target comes last
+        return [{"user_id": user_id, "item_id": item, "behavior": behavior, "ts": 1000 + t,
+                 "date": date} for t, (item, behavior) in enumerate(zip(items, behaviors))]
+
+    # Lags from the target: the triggers at lags 5 and 4 (adjacent, in the window 3..6) form the
+    # pattern; at lags 6 and 3 they are 3 apart (> window 1); at lags 8 and 7 too far back.
+    rows = (user(1, [first, second, 7, 8, 9, target], True, "2024-03-10")
+            + user(2, [first, 7, 8, second, 9, 10, target], False, "2024-03-10")
+            + user(3, [5, first, second, 7, 8, 9, target], True, "2024-03-10")
+            + user(4, [first, second, 1, 2, 3, 4, 5, target], True, "2024-03-10")
+            + user(5, [first, second, 7, 8, 9, target], False, "2024-03-09"))  # a train day
+    write_deltalake(str(tmp_path / "events"), pd.DataFrame(rows))
+    FeatureSpec(
+        source="feed", protocol="feed_click", behaviors=("impression", "click"), num_users=5,
+        num_items=20, num_categories=1, max_item_id=103, max_category_id=1, max_len=16,
+        short_len=4, top_categories=1, dense_features=("n",),
+        splits={"train": SplitStats(("2024-03-09",), 1, 1, 0),
+                "test": SplitStats(("2024-03-10",), 4, 4, 3)},
+        tables={"events": "events"},
+    ).write(tmp_path)
+    design_path = tmp_path / "planted.json"
+    design_path.write_text(json.dumps(design))
+
+    scores = planted_metrics.rule_scores(tmp_path, design)
+    assert scores["users"].tolist() == [1, 2, 3, 4]
+    assert scores["logits"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert scores["labels"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    result = planted_metrics.rule_metrics(tmp_path, design_path)
+    # positives score 1, 1, 0 against the one negative's 0: (1 + 1 + 0.5) / 3
+    assert result["rule_target_auc"] == pytest.approx(2.5 / 3)
+    assert result["rule_target_auc_active_samples"] == 2
+    assert result["rule_target_auc_casual"] != result["rule_target_auc_casual"]  # one label: nan
