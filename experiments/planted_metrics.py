@@ -103,9 +103,6 @@ def planted_metrics(run_dir: Path, data: Path, design_path: Path) -> dict[str, f
     return result
 
 
-CLICK = 2  # the feed source's `behavior` of a clicked impression (etl/clean.py)
-
-
 def rule_scores(data: Path, design: dict, split: str = "test") -> dict[str, np.ndarray]:
     """user ids, labels and rule scores (0/1) of the split's target impressions, from the
     `events` table: every user's accepted events in time order, the target's position in them."""
@@ -114,7 +111,9 @@ def rule_scores(data: Path, design: dict, split: str = "test") -> dict[str, np.n
         design["strength"], design["window"], design["lag_min"], design["lag_max"],
         design["rate"], pairs, pair_authors=np.zeros_like(pairs),
     )
-    dates = set(FeatureSpec.read(str(data)).splits[split].dates)
+    spec = FeatureSpec.read(str(data))
+    dates = set(spec.splits[split].dates)
+    click = spec.behaviors.index("click") + 1  # `behavior` codes are 1-based (etl/clean.py)
     events = DeltaTable(str(data / "events")).to_pyarrow_table(
         columns=["user_id", "item_id", "behavior", "ts", "date"]).to_pandas()
     events = events.sort_values(["user_id", "ts"], kind="stable")
@@ -127,7 +126,7 @@ def rule_scores(data: Path, design: dict, split: str = "test") -> dict[str, np.n
             pattern = has_pattern(planted, items, pair_of_target[int(items[position])],
                                   int(position))
             users.append(user)
-            labels.append(float(rows["behavior"].iat[position] == CLICK))
+            labels.append(float(rows["behavior"].iat[position] == click))
             scores.append(float(pattern))
     return {"users": np.array(users, np.int64), "labels": np.array(labels, np.float32),
             "logits": np.array(scores, np.float32)}
