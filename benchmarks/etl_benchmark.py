@@ -96,12 +96,12 @@ def stage_seconds(log: Path) -> dict[str, float]:
             re.findall(r"\[etl\] (clean|samples|state|spec)\s+([0-9.]+)s", log.read_text())}
 
 
-def write_day_drop(raw: Path, drop: Path, day: str, users: int) -> int:
+def write_day_drop(raw: Path, drop: Path, day: str, time_zone: str, users: int) -> int:
     """Write `day`'s events of users 1..`users` (a daily drop) from the raw log; -> rows written."""
     from zoneinfo import ZoneInfo
 
     start = int(datetime.combine(date.fromisoformat(day), datetime.min.time(),
-                                 ZoneInfo("Asia/Shanghai")).timestamp())
+                                 ZoneInfo(time_zone)).timestamp())
     rows = 0
     with raw.open() as source, drop.open("w") as sink:
         for line in source:
@@ -122,10 +122,11 @@ def incremental_day(raw: Path, root: Path, env: dict[str, str], work: Path, size
     sys.path.insert(0, str(REPO))  # run as a script: the repository is not on sys.path
     from etl.config import load_config
 
-    last = load_config("taobao", "cain").source.end_date
+    source = load_config("taobao", "cain").source
+    last = source.end_date
     before = (date.fromisoformat(last) - timedelta(days=1)).isoformat()
     drop = work / f"day-{size}.csv"
-    drop_events = write_day_drop(raw, drop, last, day_users)
+    drop_events = write_day_drop(raw, drop, last, source.time_zone, day_users)
     job = [sys.executable, "etl/build_sequences.py", "--output", str(root)]
     seconds, peaks = {}, {}
     for name, extra in (("state", ["--input", str(raw), "--date", before]),
