@@ -600,7 +600,7 @@ def run(args: argparse.Namespace) -> FeatureSpec:
         spec_started = time.time()
         spec = feature_spec(session, config, root, demographics, fields)
         # Scans the whole events and samples tables (distinct ids, split totals, samples per
-        # file): the one part of an incremental day that still grows with history.
+        # file): with the state MERGE, what still grows with history in an incremental day.
         stage("spec", spec_started, samples_files=len(spec.file_samples))
     if _is_local(root):
         path = spec.write(_local(root))
