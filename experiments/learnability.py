@@ -1,6 +1,7 @@
 """Can a model learn the planted co-occurrence at all, when it is the only signal?
 
-    python -m experiments.learnability --models din,lap,lap_tcn,cain --steps 400 [--strength 1]
+    python -m experiments.learnability --models reference,din,lap,lap_tcn,cain --steps 1000 \
+        [--strength 1] [--rule cooccurrence|presence] [--lr 1e-3] [model key=value ...]
 
 The planted suites (docs/experiments.md) ask the question through the whole pipeline, where the
 planted targets are a few percent of the impressions and one epoch shows each trigger pair a few
@@ -19,11 +20,17 @@ each trigger's lag is uniform either way; one candidate, the target T_p, clicked
 1/2 + strength/2 when together, 1/2 - strength/2 apart. The rule's AUC (the ceiling) is
 1/2 + strength/2. Side features, demographics and dense profile features are random noise.
 
+`--rule presence` is the sanity check: the same draws, but an "apart" request loses its second
+trigger (its slot keeps the ordinary item), so the label says whether B_p is in the far window at
+all. A single item decides it, which every model with a long-term attention should learn; a
+model that fails it has a broken history path, not a context problem.
+
 `reference` (not a paper model) is the control that the task is learnable at the given budget:
-a plain convolutional detector, item embeddings -> one TCN layer (`model.layers.temporal_convolution`,
-the same cl as CAIN's default) -> ReLU -> max over positions, concatenated with the candidate's
-embedding -> MLP. The ReLU before the pooling is what lets it represent "A next to B"; in CAIN
-(eq. 5) the TCN output is linear and only the attention's weighting is non-linear in it.
+a plain convolutional detector: item embeddings -> one TCN layer (model.layers'
+`TemporalConvNet`, CAIN's default cl = 7) -> ReLU -> max over positions, concatenated with the
+candidate's embedding -> MLP. The ReLU before the pooling is what lets it represent "A next to
+B"; in CAIN (eq. 5) the TCN output is linear and only the attention's weighting is non-linear in
+it.
 
 Training: every parameter (the embedding tables too) with Adam, batches of fresh requests from
 one seeded stream; evaluation on a held-out set from another stream; one line per evaluation.
@@ -37,6 +44,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +62,13 @@ PAIRS = 32
 REFERENCE = "reference"
 
 
+class Rule(Enum):
+    """What the label depends on (see the module docstring)."""
+
+    COOCCURRENCE = "cooccurrence"  # A_p and B_p within `window` of each other: the planted rule
+    PRESENCE = "presence"  # B_p in the far window at all: a single item, the sanity check
+
+
 @dataclass(frozen=True)
 class PlantedTask:
     """The planted co-occurrence rule in model space (see the module docstring)."""
@@ -64,6 +79,7 @@ class PlantedTask:
     lag_min: int = 60
     lag_max: int = 120
     pairs: int = PAIRS
+    rule: Rule = Rule.COOCCURRENCE
 
     @property
     def span(self) -> int:
@@ -90,8 +106,11 @@ class PlantedTask:
         second_lag = self.lag_min + (first_lag - self.lag_min + offset) % self.span
         rows_index = torch.arange(num_requests)
         history[rows_index, length - first_lag] = ordinary + pair
-        history[rows_index, length - second_lag] = ordinary + self.pairs + pair
         pattern = (first_lag - second_lag).abs() <= self.window
+        second = ordinary + self.pairs + pair
+        if self.rule is Rule.PRESENCE:  # apart: the second trigger's slot keeps its ordinary item
+            second = torch.where(pattern, second, history[rows_index, length - second_lag])
+        history[rows_index, length - second_lag] = second
         click = 0.5 + self.strength * (pattern.float() - 0.5)
         labels = (torch.rand(num_requests, generator=generator) < click).float()
 
@@ -135,7 +154,7 @@ class PlantedTask:
 
 
 class ConvolutionalDetector(torch.nn.Module):
-    """The `reference` model: embeddings -> TCN layer -> ReLU -> max-pool, with the candidate -> MLP."""
+    """`reference`: embeddings -> TCN layer -> ReLU -> max-pool, with the candidate -> MLP."""
 
     def __init__(self, spec: FeatureSpec, dim: int = 16, context_length: int = 7) -> None:
         super().__init__()
@@ -210,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="reference,din,lap,lap_tcn,cain")
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=3)
+    parser.add_argument("--rule", choices=[rule.value for rule in Rule], default="cooccurrence")
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--items", type=int, default=5000, help="catalog size (ordinary items)")
     parser.add_argument("--steps", type=int, default=400)
@@ -230,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = tiny_feature_spec(
         max_len=args.max_len, short_len=50, num_items=args.items + 3 * PAIRS, num_categories=50
     )
-    task = PlantedTask(spec, strength=args.strength, window=args.window)
+    task = PlantedTask(spec, strength=args.strength, window=args.window, rule=Rule(args.rule))
     eval_generator = torch.Generator().manual_seed(10_000 + args.seed)
     eval_batches, patterns = zip(
         *(task.batch(1024, eval_generator) for _ in range(math.ceil(args.eval_requests / 1024))),

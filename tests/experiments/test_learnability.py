@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.learnability import PAIRS, PlantedTask, main
+from experiments.learnability import PAIRS, PlantedTask, Rule, main
 from model.batch import Keys
 from model.synthetic_batch import tiny_feature_spec
 
@@ -42,6 +42,14 @@ def test_no_single_trigger_lag_tells_the_arrangement():
         # both uniform on [60, 120]: mean 90, standard error of a mean ~0.25
         assert abs(together.mean() - apart.mean()) < 1.5
         assert abs(together.std() - apart.std()) < 1.5
+
+
+def test_presence_rule_keeps_the_second_trigger_only_when_together():
+    task = PlantedTask(SPEC, strength=1.0, rule=Rule.PRESENCE)
+    batch, pattern, _, _, items, ordinary = trigger_lags(task, 2000, seed=3)
+    planted = (items >= ordinary).sum(1)
+    assert torch.equal(planted, torch.where(pattern, 2, 1))  # apart: only the first trigger
+    assert torch.equal(batch.labels.bool(), pattern)
 
 
 def test_strength_zero_labels_are_independent_of_the_pattern():
