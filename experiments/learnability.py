@@ -18,7 +18,10 @@ b = lag_min + (a - lag_min + offset) mod R, R = lag_max - lag_min + 1, the offse
 +-window ("together") or at cyclic distance > window ("apart") with probability 1/2 each, so
 each trigger's lag is uniform either way; one candidate, the target T_p, clicked with probability
 1/2 + strength/2 when together, 1/2 - strength/2 apart. The rule's AUC (the ceiling) is
-1/2 + strength/2. Side features, demographics and dense profile features are random noise.
+1/2 + strength/2. Everything else is a *distractor*, random and unrelated to the label: item
+categories (fixed per item), side features (behavior, time gap, watch time), demographics, top
+categories and dense profile features. `--no-distractors` makes them all constant (one
+category, zeros), so only the item sequence varies: the same draws otherwise.
 
 `--rule presence` is the sanity check: the same draws, but an "apart" request loses its second
 trigger (its slot keeps the ordinary item), so the label says whether B_p is in the far window at
@@ -80,6 +83,7 @@ class PlantedTask:
     lag_max: int = 120
     pairs: int = PAIRS
     rule: Rule = Rule.COOCCURRENCE
+    distractors: bool = True
 
     @property
     def span(self) -> int:
@@ -120,21 +124,39 @@ class PlantedTask:
         ones = torch.ones(num_requests, dtype=torch.long)
         lengths = torch.full((num_requests,), length, dtype=torch.long)
         flat = history.reshape(-1)
+
+        def distractor(values: torch.Tensor) -> torch.Tensor:
+            """Random ids with distractors on; one constant id (0) without: the same draws."""
+            return values if self.distractors else torch.zeros_like(values)
+
+        top_lengths = torch.full((num_requests,), spec.top_categories, dtype=torch.long)
         features = {
             Keys.CANDIDATE_ITEM: (target, ones),
-            Keys.CANDIDATE_CATEGORY: (item_category[target], ones),
+            Keys.CANDIDATE_CATEGORY: (distractor(item_category[target]), ones),
             Keys.HISTORY_ITEM: (flat, lengths),
-            Keys.HISTORY_CATEGORY: (item_category[flat], lengths),
-            Keys.HISTORY_BEHAVIOR: (integers(1, len(spec.behaviors) + 1, flat.shape), lengths),
-            Keys.HISTORY_TIME_GAP: (integers(0, rows["time_gap"], flat.shape), lengths),
-            Keys.HISTORY_WATCH_TIME: (integers(0, rows["watch_time"], flat.shape), lengths),
+            Keys.HISTORY_CATEGORY: (distractor(item_category[flat]), lengths),
+            Keys.HISTORY_BEHAVIOR: (
+                distractor(integers(0, len(spec.behaviors), flat.shape)) + 1,
+                lengths,
+            ),
+            Keys.HISTORY_TIME_GAP: (
+                distractor(integers(0, rows["time_gap"], flat.shape)),
+                lengths,
+            ),
+            Keys.HISTORY_WATCH_TIME: (
+                distractor(integers(0, rows["watch_time"], flat.shape)),
+                lengths,
+            ),
             Keys.PROFILE_TOP_CATEGORY: (
-                integers(0, spec.num_categories, (num_requests * spec.top_categories,)),
-                torch.full((num_requests,), spec.top_categories, dtype=torch.long),
+                distractor(integers(0, spec.num_categories, (num_requests * spec.top_categories,))),
+                top_lengths,
             ),
         }
         for name, cardinality in spec.demographics.items():
-            features[Keys.demographic(name)] = (integers(0, cardinality, (num_requests,)), ones)
+            features[Keys.demographic(name)] = (
+                distractor(integers(0, cardinality, (num_requests,))),
+                ones,
+            )
         sparse = KeyedJaggedTensor(
             keys=list(features),
             values=torch.cat([values for values, _ in features.values()]),
@@ -144,7 +166,8 @@ class PlantedTask:
             sparse_features=sparse,
             dense_features=torch.randn(
                 num_requests, len(spec.dense_features), generator=generator
-            ),
+            )
+            * self.distractors,
             labels=labels,
             request_index=torch.arange(num_requests),
             user_ids=torch.arange(num_requests),
@@ -230,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=3)
     parser.add_argument("--rule", choices=[rule.value for rule in Rule], default="cooccurrence")
+    parser.add_argument(
+        "--no-distractors",
+        action="store_true",
+        help="constant categories, side features and profile: only the item sequence varies",
+    )
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--items", type=int, default=5000, help="catalog size (ordinary items)")
     parser.add_argument("--steps", type=int, default=400)
@@ -250,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = tiny_feature_spec(
         max_len=args.max_len, short_len=50, num_items=args.items + 3 * PAIRS, num_categories=50
     )
-    task = PlantedTask(spec, strength=args.strength, window=args.window, rule=Rule(args.rule))
+    task = PlantedTask(
+        spec,
+        strength=args.strength,
+        window=args.window,
+        rule=Rule(args.rule),
+        distractors=not args.no_distractors,
+    )
     eval_generator = torch.Generator().manual_seed(10_000 + args.seed)
     eval_batches, patterns = zip(
         *(task.batch(1024, eval_generator) for _ in range(math.ceil(args.eval_requests / 1024))),

@@ -52,6 +52,21 @@ def test_presence_rule_keeps_the_second_trigger_only_when_together():
     assert torch.equal(batch.labels.bool(), pattern)
 
 
+def test_without_distractors_only_the_item_sequence_varies_and_the_draws_are_the_same():
+    noisy, noisy_pattern = PlantedTask(SPEC).batch(500, torch.Generator().manual_seed(4))
+    quiet, pattern = PlantedTask(SPEC, distractors=False).batch(
+        500, torch.Generator().manual_seed(4)
+    )
+    assert torch.equal(pattern, noisy_pattern) and torch.equal(quiet.labels, noisy.labels)
+    for key in (Keys.HISTORY_ITEM, Keys.CANDIDATE_ITEM):
+        assert torch.equal(quiet.sparse_features[key].values(), noisy.sparse_features[key].values())
+    for key in quiet.sparse_features.keys():
+        if key not in (Keys.HISTORY_ITEM, Keys.CANDIDATE_ITEM):
+            assert quiet.sparse_features[key].values().unique().numel() == 1, key
+            assert noisy.sparse_features[key].values().unique().numel() > 1, key
+    assert not quiet.dense_features.any() and noisy.dense_features.std() > 0.5
+
+
 def test_strength_zero_labels_are_independent_of_the_pattern():
     task = PlantedTask(SPEC, strength=0.0)
     batch, pattern, *_ = trigger_lags(task, 20_000, seed=2)
