@@ -260,12 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--items", type=int, default=5000, help="catalog size (ordinary items)")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--eval-requests", type=int, default=4096)
-    parser.add_argument("--evaluate-every", type=int, default=100)
+    parser.add_argument("--evaluate-every", type=int, default=250)
     parser.add_argument(
         "overrides", nargs="*", help="model key=value for every model, e.g. context_length=3"
     )
