@@ -47,6 +47,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from enum import Enum
 
 import torch
@@ -89,10 +90,21 @@ class PlantedTask:
     def span(self) -> int:
         return self.lag_max - self.lag_min + 1
 
+    @cached_property
+    def rows(self) -> dict[str, int]:
+        """Rows of each embedding table (side-feature ids stay below these)."""
+        return table_layout(self.spec, 1 << 22).rows
+
+    @cached_property
+    def item_category(self) -> torch.Tensor:
+        """One fixed category per item, the same in every batch."""
+        fixed = torch.Generator().manual_seed(0)
+        return torch.randint(0, self.spec.num_categories, (self.spec.num_items,), generator=fixed)
+
     def batch(self, num_requests: int, generator: torch.Generator) -> tuple[Batch, torch.Tensor]:
         """-> (batch of one target per request, pattern [R] bool)."""
         spec, length = self.spec, self.spec.max_len
-        rows = table_layout(spec, 1 << 22).rows
+        rows, item_category = self.rows, self.item_category
         ordinary = spec.num_items - 3 * self.pairs  # trigger and target ids sit above these
 
         def integers(low: int, high: int, size: tuple[int, ...]) -> torch.Tensor:
@@ -118,8 +130,6 @@ class PlantedTask:
         click = 0.5 + self.strength * (pattern.float() - 0.5)
         labels = (torch.rand(num_requests, generator=generator) < click).float()
 
-        fixed = torch.Generator().manual_seed(0)  # one fixed category per item, in every batch
-        item_category = torch.randint(0, spec.num_categories, (spec.num_items,), generator=fixed)
         target = ordinary + 2 * self.pairs + pair
         ones = torch.ones(num_requests, dtype=torch.long)
         lengths = torch.full((num_requests,), length, dtype=torch.long)
@@ -311,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| model | " + " | ".join(f"step {step}" for step in steps) + " |")
     print("|---|" + "---|" * len(steps))
     for name, curve in curves.items():
-        print(f"| {name} | " + " | ".join(f"{auc:.4f}" for _, auc in curve) + " |")
-    print(f"| rule (ceiling) | " + " | ".join(f"{ceiling:.4f}" for _ in steps) + " |")
+        print(f"| {name} | " + " | ".join(f"{value:.4f}" for _, value in curve) + " |")
+    print("| rule (ceiling) | " + " | ".join(f"{ceiling:.4f}" for _ in steps) + " |")
     return 0
 
 
