@@ -101,7 +101,11 @@ _SHIPPED: set[str] = set()
 def ship_project_code(spark: SparkSession) -> None:
     """Zip the project packages the executors' Python UDFs import and add them to the job
     (SparkContext.addPyFile): executors then need only numpy, pyarrow and pandas, on a cluster as
-    in local mode (where worker processes do not see the driver's sys.path)."""
+    in local mode (where worker processes do not see the driver's sys.path). The zip must outlive
+    the application (executors fetch it when their first task starts), so its directory is
+    removed when the driver process exits."""
+    import atexit
+    import shutil
     import tempfile
     import zipfile
 
@@ -110,7 +114,9 @@ def ship_project_code(spark: SparkSession) -> None:
         return
     _SHIPPED.add(application)
     repo = Path(__file__).resolve().parents[1]
-    target = Path(tempfile.mkdtemp(prefix="cain-pyfiles-")) / "cain_etl.zip"
+    directory = Path(tempfile.mkdtemp(prefix="cain-pyfiles-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    target = directory / "cain_etl.zip"
     with zipfile.ZipFile(target, "w") as archive:
         for package in PACKAGES:
             for source in sorted((repo / package).rglob("*.py")):

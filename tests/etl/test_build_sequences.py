@@ -335,9 +335,13 @@ def test_plain_spark_submit_after_setup_env_builds_the_tables(raw_log, build_cli
     command = "source scripts/setup_env.sh >/dev/null && spark-submit " + " ".join(
         ["etl/build_sequences.py", *build_cli(raw_log, root)])
     env = {key: value for key, value in os.environ.items() if key != "SPARK_CONF_DIR"}
+    env["TMPDIR"] = str(tmp_path / "tmp")  # the driver's temporary files land here
+    (tmp_path / "tmp").mkdir()
     result = subprocess.run(["bash", "-c", command], cwd=repo, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
+    # the project zip shipped to the executors (etl/spark.py) is removed when the driver exits
+    assert not list((tmp_path / "tmp").glob("cain-pyfiles-*"))
     spec = FeatureSpec.read(root)
     assert spec.splits["train"].requests > 0
     assert len(table(root, "events")) + len(table(root, "quarantine")) == len(
