@@ -138,6 +138,12 @@ class TrainConfig:
     selection_metric: the validation metric that decides which epoch is best.
     restore_best: evaluate the test split with the best epoch's weights (and leave them as the
         run's final checkpoint) rather than the last epoch's. Needs data.validation_days.
+    plateau_lr_factor: after an epoch whose validation score is not better than the best (and
+        training goes on), load the best epoch's weights and optimizer state back and multiply
+        both optimizers' learning rates by this factor for the rest of the run (1: off; Keras'
+        ReduceLROnPlateau and FuxiCTR use 0.1, without the reload). Needs data.validation_days;
+        with early_stopping_patience P the run stops at the P-th such epoch in a row, so P >= 2
+        to use it.
     dense_lr: Adam learning rate of the dense (replicated) parameters (paper: 1e-3).
     sparse_optimizer / sparse_lr: fused optimizer of the embedding tables.
     warmup_steps: the learning rates of both optimizers rise linearly from 0 over these steps.
@@ -171,6 +177,7 @@ class TrainConfig:
     early_stopping_patience: int = 0
     selection_metric: SelectionMetric = SelectionMetric.LOGLOSS
     restore_best: bool = True
+    plateau_lr_factor: float = 1.0
     dense_lr: float = 1e-3
     sparse_optimizer: SparseOptimizer = SparseOptimizer.ROWWISE_ADAGRAD
     sparse_lr: float = 0.01
@@ -220,6 +227,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 < self.plateau_lr_factor <= 1.0:
+            raise ConfigError(
+                f"train.plateau_lr_factor: must be in (0, 1] (1: off), got {self.plateau_lr_factor}"
+            )
         if self.evaluate_only and not self.warm_start:
             raise ConfigError(
                 "train.evaluate_only: needs train.warm_start (the checkpoint to score)"
@@ -239,6 +250,10 @@ class Config:
         if self.train.early_stopping_patience and not self.data.validation_days:
             raise ConfigError(
                 "train.early_stopping_patience: needs a validation split (data.validation_days)"
+            )
+        if self.train.plateau_lr_factor < 1 and not self.data.validation_days:
+            raise ConfigError(
+                "train.plateau_lr_factor: needs a validation split (data.validation_days)"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class TrainState:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     restored_best: bool = False
+    lr_scale: float = 1.0  # x every learning rate: plateau_lr_factor per reload of the best
 
     def finished(self, config: TrainConfig) -> bool:
         if config.max_steps and self.step >= config.max_steps:
@@ -65,7 +66,12 @@ class TrainState:
 
     def record_validation(self, metrics: Metrics, selection: SelectionMetric) -> bool:
         """Adds a validation result; True when it is the best so far."""
-        entry = {"epoch": self.epoch, "step": self.step, **metrics.to_json()}
+        entry = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr_scale": self.lr_scale,
+            **metrics.to_json(),
+        }
         self.validation_history.append(entry)
         score = entry[selection.value]
         if score is None:  # undefined (one class): never the best, never an improvement
@@ -87,6 +93,17 @@ class TrainState:
         """Early stopping: after `patience` validations in a row without a better one."""
         if patience and self.epochs_without_improvement >= patience:
             self.stopped_early = True
+
+    def reduce_on_plateau(self, factor: float, config: TrainConfig) -> bool:
+        """After the latest validation: True when training goes on from the best step's weights
+        at `factor` x the rates (the caller reloads them), i.e. the validation was not the best,
+        a best exists, factor < 1 and the run is not over."""
+        if factor >= 1 or not self.epochs_without_improvement or not self.best_step:
+            return False
+        if self.finished(config):
+            return False
+        self.lr_scale *= factor
+        return True
 
     def to_checkpoint(self, global_samples: float, world_size: int) -> dict:
         """The fields a checkpoint stores (samples over all ranks, so any world size resumes)."""

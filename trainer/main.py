@@ -296,6 +296,7 @@ def restore(config: Config, data: Data, model: Model, group: ProcessGroup) -> Tr
     if latest is not None:
         saved = checkpoint.load(latest, model.module, model.optimizer, expected, restore_rng=True)
         state = TrainState.from_checkpoint(saved.state, group.world_size)
+        model.learning_rates.scale = state.lr_scale
         logger.info("resumed from %s at step %d (epoch %d)", latest, state.step, state.epoch)
         return state
     if config.train.warm_start:
@@ -409,6 +410,16 @@ def fit(
             if writer is not None:
                 for name in ("auc", "gauc", "logloss"):
                     writer.add_scalar(f"validation/{name}", getattr(scores, name), state.step)
+            if state.reduce_on_plateau(config.train.plateau_lr_factor, config.train):
+                # Saved after the reload: a resume continues from the best weights too.
+                best = checkpoints.directory / checkpoint.step_name(state.best_step)
+                checkpoint.load(best, model.module, model.optimizer, identity, restore_rng=False)
+                model.learning_rates.scale = state.lr_scale
+                logger.info(
+                    "no better validation: continuing from step %d's weights at %.3gx the rates",
+                    state.best_step,
+                    state.lr_scale,
+                )
         if epoch_done or state.step:  # an epoch end (or the max_steps end) is always saved
             save(state)
     progress.close()

@@ -8,7 +8,8 @@
 - `CombinedOptimizer` holds both, so a checkpoint saves both states.
 - `LearningRates` sets every parameter group's rate each step: a linear warm-up from 0 over
   `train.warmup_steps`, then constant, cosine or linear decay to `min_lr_ratio` x the configured
-  rate at the last planned step. The fused optimizer reads its rate when it is stepped or
+  rate at the last planned step, times `scale` (lowered by `train.plateau_lr_factor` each time
+  validation stops improving). The fused optimizer reads its rate when it is stepped or
   zeroed, so the loop sets the rates before `zero_grad` and the next backward uses them.
 """
 
@@ -96,6 +97,7 @@ class LearningRates:
         self.schedule = config.lr_schedule
         self.floor = config.min_lr_ratio
         self.planned = max(planned_steps, 1)
+        self.scale = 1.0  # reduced on validation plateaus (TrainState.lr_scale)
 
     def factor(self, step: int) -> float:
         """The multiplier for the update of step `step` (1-based)."""
@@ -110,8 +112,8 @@ class LearningRates:
         return 1 - (1 - self.floor) * progress
 
     def apply(self, step: int) -> float:
-        """Set the rates for step `step`; returns the factor."""
-        factor = self.factor(step)
+        """Set the rates for step `step`; returns the factor (the schedule's x `scale`)."""
+        factor = self.factor(step) * self.scale
         for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
             group["lr"] = base * factor
         return factor

@@ -96,3 +96,17 @@ def test_options_may_follow_the_overrides(tmp_path):
         ["--data", str(tmp_path), "train.max_steps=7", "--model", "din", "train.seed=3"]
     )
     assert (config.model.name, config.train.max_steps, config.train.seed) == ("din", 7, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["train.plateau_lr_factor=0"], "train.plateau_lr_factor: must be in (0, 1]"),
+        (["train.plateau_lr_factor=1.5"], "train.plateau_lr_factor: must be in (0, 1]"),
+        (["train.plateau_lr_factor=0.1"], "plateau_lr_factor: needs a validation split"),
+    ],
+)
+def test_plateau_factor_is_checked(overrides, named):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["model.name=cain", *overrides])
+    assert named in str(error.value)

@@ -347,6 +347,46 @@ def test_validation_split_selects_an_epoch_and_the_report_uses_its_weights(tiny_
     assert rescored.auc == pytest.approx(metrics["auc"], abs=1e-5)
 
 
+def test_a_validation_plateau_reloads_the_best_weights_and_lowers_the_rates(tiny_data, tmp_path):
+    """train.plateau_lr_factor: after an epoch that is not the best, training goes on from the
+    best epoch's weights (the checkpoint saved at that epoch's end holds them) at factor x the
+    rates; a high rate on the tiny data overfits, so the validation logloss gets worse."""
+    from trainer.predict import Scorer, score_split
+
+    _ok(
+        torchrun(
+            _arguments(
+                tiny_data,
+                tmp_path,
+                "data.validation_days=1",
+                "train.epochs=4",
+                "train.early_stopping_patience=3",
+                "train.plateau_lr_factor=0.5",
+                "train.keep_checkpoints=8",
+                "train.dense_lr=0.05",
+                "train.sparse_lr=0.5",
+            )
+        )
+    )
+    history = _metrics(tmp_path)["validation_history"]
+    best, plateaus = None, 0
+    for entry, following in zip(history, history[1:], strict=False):
+        if best is None or entry["logloss"] < best["logloss"]:
+            best = entry
+            assert following["lr_scale"] == entry["lr_scale"]
+            continue
+        plateaus += 1
+        assert following["lr_scale"] == entry["lr_scale"] * 0.5
+        checkpoints = tmp_path / "checkpoints"
+        scores = [
+            score_split(Scorer.from_checkpoint(checkpoints / f"step_{step:08d}"), str(tiny_data),
+                        "test", 256).column("logit").to_numpy()
+            for step in (entry["step"], best["step"])
+        ]
+        assert (scores[0] == scores[1]).all()  # the plateau epoch's checkpoint: the best weights
+    assert plateaus, f"no epoch without improvement to test: {history}"
+
+
 def _rewrite_state(directory, change) -> None:
     """Edit trainer_state.json and re-sign the manifest (as if another code version wrote it)."""
     from trainer import checkpoint
