@@ -353,21 +353,16 @@ def test_a_validation_plateau_reloads_the_best_weights_and_lowers_the_rates(tiny
     rates; a high rate on the tiny data overfits, so the validation logloss gets worse."""
     from trainer.predict import Scorer, score_split
 
-    _ok(
-        torchrun(
-            _arguments(
-                tiny_data,
-                tmp_path,
-                "data.validation_days=1",
-                "train.epochs=4",
-                "train.early_stopping_patience=3",
-                "train.plateau_lr_factor=0.5",
-                "train.keep_checkpoints=8",
-                "train.dense_lr=0.05",
-                "train.sparse_lr=0.5",
-            )
-        )
-    )
+    settings = [
+        "data.validation_days=1",
+        "train.epochs=4",
+        "train.early_stopping_patience=3",
+        "train.plateau_lr_factor=0.5",
+        "train.keep_checkpoints=8",
+        "train.dense_lr=0.05",
+        "train.sparse_lr=0.5",
+    ]
+    _ok(torchrun(_arguments(tiny_data, tmp_path, *settings)))
     history = _metrics(tmp_path)["validation_history"]
     best, plateaus = None, 0
     for entry, following in zip(history, history[1:], strict=False):
@@ -385,6 +380,23 @@ def test_a_validation_plateau_reloads_the_best_weights_and_lowers_the_rates(tiny
         ]
         assert (scores[0] == scores[1]).all()  # the plateau epoch's checkpoint: the best weights
     assert plateaus, f"no epoch without improvement to test: {history}"
+    # Killed in the epoch after the first reload, the same command resumes from the reloaded
+    # weights at the lowered rates and ends where the uninterrupted run did.
+    first = next(entry for entry in history if entry["lr_scale"] < 1)
+    resumed_dir = tmp_path / "resumed"
+    arguments = _arguments(tiny_data, resumed_dir, *settings)
+    killed = torchrun(arguments, extra_env={"CAIN_FAULT_KILL_AT_STEP": str(first["step"] - 2)})
+    assert killed.returncode != 0
+    _ok(torchrun(arguments))
+    resumed, reference = _metrics(resumed_dir), _metrics(tmp_path)
+    assert resumed["resumed_from_step"] < first["step"]
+    for got, expected in zip(
+        resumed["validation_history"], reference["validation_history"], strict=True
+    ):
+        for key in ("step", "lr_scale", "auc", "logloss"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    for key in ("auc", "gauc", "logloss", "best_step", "steps"):
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
 def _rewrite_state(directory, change) -> None:
