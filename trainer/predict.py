@@ -3,11 +3,11 @@
     python -m trainer.predict --checkpoint RUN_DIR/checkpoints/step_00000042 \
         --data ROOT --split test --output scores.parquet
 
-A checkpoint carries the model name, the resolved config and the feature spec
-(`trainer_state.json`), so `Scorer.from_checkpoint` needs nothing else: it builds the model on
-CPU (or the given device) in one process, loads the sharded weights through DCP — which gathers
-the shards into full tables whatever world size and sharding wrote them — and scores `Batch`es or
-raw rows of the samples table. `Scorer.random` builds an untrained model for latency benchmarks.
+A checkpoint carries the model name, the resolved config, the run's config (its history cut,
+`data.max_history`) and the feature spec (`trainer_state.json`), so `Scorer.from_checkpoint`
+needs nothing else: it builds the model on CPU (or the given device) in one process, loads the
+sharded weights through DCP — which gathers the shards into full tables whatever world size and
+sharding wrote them — and scores `Batch`es or raw rows of the samples table. `Scorer.random` builds an untrained model for latency benchmarks.
 
 Letters: B candidates of the scored requests.
 """
@@ -99,7 +99,10 @@ class Scorer:
             ) from error
         checkpoint.ModelIdentity(state["model"], to_plain(config)).check(state, directory)
         module = CTRTrain(build_model(state["model"], spec, config, device=torch.device("cpu")))
-        builder = BatchBuilder(spec, table_layout(spec, config.max_table_rows))
+        # Histories cut as in training (data.max_history), or the scores are not the evaluated
+        # model's: a model trained on its last 128 events would attend over up to max_len.
+        max_history = (state.get("config") or {}).get("data", {}).get("max_history")
+        builder = BatchBuilder(spec, table_layout(spec, config.max_table_rows), max_history)
         # Only the weights: DCP reads every shard the keys need and fills the full local tensors.
         content = {"model": module.state_dict()}
         try:

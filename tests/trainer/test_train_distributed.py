@@ -314,6 +314,7 @@ def test_validation_split_selects_an_epoch_and_the_report_uses_its_weights(tiny_
                 tiny_data,
                 tmp_path,
                 "data.validation_days=1",
+                "data.max_history=5",  # scoring must cut the histories as training did
                 "train.epochs=3",
                 "train.early_stopping_patience=1",
                 "train.dense_lr=0.02",
