@@ -133,17 +133,20 @@ class TrainConfig:
     eval_batch_size: the same for evaluation.
     max_steps: stop training after this many steps in all (0: `epochs` full epochs). Smoke runs.
     epochs: passes over the train split (at most: early stopping may end sooner).
-    early_stopping_patience: stop after this many epochs without a better validation score
+    early_stopping_patience: stop after this many validations in a row without a better score
         (0: never stop early). Needs data.validation_days.
+    validate_every: also validate every this many steps (0: at epoch ends only); each such
+        validation is checkpointed, may be the selected best, and counts for early stopping and
+        plateaus like an epoch end's. Needs data.validation_days; not with `pipeline`.
     selection_metric: the validation metric that decides which epoch is best.
     restore_best: evaluate the test split with the best epoch's weights (and leave them as the
         run's final checkpoint) rather than the last epoch's. Needs data.validation_days.
-    plateau_lr_factor: after an epoch whose validation score is not better than the best (and
-        training goes on), load the best epoch's weights and optimizer state back and multiply
+    plateau_lr_factor: after a validation whose score is not better than the best (and
+        training goes on), load the best validated weights and optimizer state back and multiply
         both optimizers' learning rates by this factor for the rest of the run (1: off; Keras'
         ReduceLROnPlateau and FuxiCTR use 0.1, without the reload). Needs data.validation_days;
-        with early_stopping_patience P the run stops at the P-th such epoch in a row, so P >= 2
-        to use it.
+        with early_stopping_patience P the run stops at the P-th such validation in a row, so
+        P >= 2 to use it.
     dense_lr: Adam learning rate of the dense (replicated) parameters (paper: 1e-3).
     sparse_optimizer / sparse_lr: fused optimizer of the embedding tables.
     warmup_steps: the learning rates of both optimizers rise linearly from 0 over these steps.
@@ -175,6 +178,7 @@ class TrainConfig:
     max_steps: int = 0
     epochs: int = 1
     early_stopping_patience: int = 0
+    validate_every: int = 0
     selection_metric: SelectionMetric = SelectionMetric.LOGLOSS
     restore_best: bool = True
     plateau_lr_factor: float = 1.0
@@ -220,6 +224,7 @@ class TrainConfig:
             "max_steps",
             "checkpoint_every",
             "early_stopping_patience",
+            "validate_every",
             "warmup_steps",
             "grad_clip_norm",
         ):
@@ -230,6 +235,11 @@ class TrainConfig:
         if not 0.0 < self.plateau_lr_factor <= 1.0:
             raise ConfigError(
                 f"train.plateau_lr_factor: must be in (0, 1] (1: off), got {self.plateau_lr_factor}"
+            )
+        if self.validate_every and self.pipeline:
+            raise ConfigError(
+                "train.validate_every: not with train.pipeline (the pipeline holds the model's "
+                "forward until the epoch ends)"
             )
         if self.evaluate_only and not self.warm_start:
             raise ConfigError(
@@ -250,6 +260,10 @@ class Config:
         if self.train.early_stopping_patience and not self.data.validation_days:
             raise ConfigError(
                 "train.early_stopping_patience: needs a validation split (data.validation_days)"
+            )
+        if self.train.validate_every and not self.data.validation_days:
+            raise ConfigError(
+                "train.validate_every: needs a validation split (data.validation_days)"
             )
         if self.train.plateau_lr_factor < 1 and not self.data.validation_days:
             raise ConfigError(

@@ -89,6 +89,16 @@ class TrainState:
             self.epochs_without_improvement += 1
         return better
 
+    def end_epoch(self) -> None:
+        """The epoch's data ran out. A validation taken at this very step (validate_every) is the
+        epoch's own: it and the best it may be count the completed epoch."""
+        self.epoch += 1
+        self.batches_in_epoch = 0
+        if self.validation_history and self.validation_history[-1]["step"] == self.step:
+            self.validation_history[-1]["epoch"] = self.epoch
+            if self.best_step == self.step:
+                self.best_epoch = self.epoch
+
     def stop_after(self, patience: int) -> None:
         """Early stopping: after `patience` validations in a row without a better one."""
         if patience and self.epochs_without_improvement >= patience:
@@ -239,8 +249,9 @@ def train_steps(
     clip_parameters: list[nn.Parameter],
     clip_norm: float,
     pipeline=None,
-) -> None:
-    """Run steps until `batches` stops; `on_step` runs after each (checkpoints).
+) -> bool:
+    """Run steps until `batches` stops (-> True) or `on_step` stopped training early (-> False);
+    `on_step` runs after each step (checkpoints, validation).
 
     Each step: set the step's learning rates, zero the gradients (which also hands the fused
     optimizer its rate), forward, backward (the fused optimizer updates the looked-up rows),
@@ -254,12 +265,12 @@ def train_steps(
             try:
                 loss, _, _ = pipeline.progress(batches)  # CTRTrain's detached outputs
             except StopIteration:
-                break
+                return True
         else:
             try:
                 batch = next(batches)
             except StopIteration:
-                break
+                return True
             optimizer.zero_grad()
             loss, _ = model(batch.to(group.device, non_blocking=True))
             loss.backward()
@@ -273,6 +284,8 @@ def train_steps(
         local_mean = float(loss.detach()) / (samples * weight) if samples else None
         progress.step(state, local_mean, samples, factor)
         on_step(state)
+        if state.stopped_early:  # decided on every rank alike (gathered validation metrics)
+            return False
 
 
 @dataclass(frozen=True)

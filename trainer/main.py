@@ -325,7 +325,8 @@ def fit(
     config: Config, data: Data, model: Model, state: TrainState, group: ProcessGroup, writer
 ) -> None:
     """Epochs of training until `train.epochs`, `train.max_steps` or early stopping; validation
-    after each epoch picks the best one; with `restore_best` its weights end in the model."""
+    after each epoch (and every `validate_every` steps) picks the best weights; with
+    `restore_best` they end in the model."""
     checkpoints = checkpoint.Checkpoints(
         Path(config.output) / "checkpoints", keep=config.train.keep_checkpoints
     )
@@ -351,8 +352,42 @@ def fit(
             protect=current.best_step,
         )
 
+    def validate(current: TrainState) -> None:
+        """Score the validation split; record it; early stopping and plateau reloads."""
+        scores = _evaluate(config, data, model, group, "validation").metrics
+        improved = current.record_validation(scores, config.train.selection_metric)
+        current.stop_after(config.train.early_stopping_patience)
+        logger.info(
+            "epoch %d step %d validation auc=%s gauc=%s logloss=%s%s",
+            current.epoch,
+            current.step,
+            *(f"{v:.4f}" for v in (scores.auc, scores.gauc, scores.logloss)),
+            " (best so far)" if improved else "",
+        )
+        if writer is not None:
+            for name in ("auc", "gauc", "logloss"):
+                writer.add_scalar(f"validation/{name}", getattr(scores, name), current.step)
+        if current.reduce_on_plateau(config.train.plateau_lr_factor, config.train):
+            # Saved after the reload: a resume continues from the best weights too.
+            best = checkpoints.directory / checkpoint.step_name(current.best_step)
+            checkpoint.load(best, model.module, model.optimizer, identity, restore_rng=False)
+            model.learning_rates.scale = current.lr_scale
+            logger.info(
+                "no better validation: continuing from step %d's weights at %.3gx the rates",
+                current.best_step,
+                current.lr_scale,
+            )
+
+    def validated_now(current: TrainState) -> bool:
+        history = current.validation_history
+        return bool(history) and history[-1]["step"] == current.step
+
     def on_step(current: TrainState) -> None:
-        if config.train.checkpoint_every and current.step % config.train.checkpoint_every == 0:
+        every = config.train.validate_every
+        if every and "validation" in data.streams and current.step % every == 0:
+            validate(current)
+            save(current)  # the validated weights, so that the best can be selected and reloaded
+        elif config.train.checkpoint_every and current.step % config.train.checkpoint_every == 0:
             save(current)
         _fault_injection(group, current.step)
 
@@ -376,7 +411,7 @@ def fit(
 
             pipeline = TrainPipelineSparseDist(model.module, model.optimizer, group.device)
         with _autocast(config, group):
-            train_steps(
+            ran_out = train_steps(
                 model.module,
                 model.optimizer,
                 batches,
@@ -392,34 +427,13 @@ def fit(
         if pipeline is not None:  # restore the sharded module's own forward for evaluation
             pipeline.detach()
         prefetcher.close()
-        epoch_done = not (config.train.max_steps and state.step >= config.train.max_steps)
+        epoch_done = ran_out and not (
+            config.train.max_steps and state.step >= config.train.max_steps
+        )
         if epoch_done:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-        if "validation" in data.streams:
-            scores = _evaluate(config, data, model, group, "validation").metrics
-            improved = state.record_validation(scores, config.train.selection_metric)
-            state.stop_after(config.train.early_stopping_patience)
-            logger.info(
-                "epoch %d step %d validation auc=%s gauc=%s logloss=%s%s",
-                state.epoch,
-                state.step,
-                *(f"{v:.4f}" for v in (scores.auc, scores.gauc, scores.logloss)),
-                " (best so far)" if improved else "",
-            )
-            if writer is not None:
-                for name in ("auc", "gauc", "logloss"):
-                    writer.add_scalar(f"validation/{name}", getattr(scores, name), state.step)
-            if state.reduce_on_plateau(config.train.plateau_lr_factor, config.train):
-                # Saved after the reload: a resume continues from the best weights too.
-                best = checkpoints.directory / checkpoint.step_name(state.best_step)
-                checkpoint.load(best, model.module, model.optimizer, identity, restore_rng=False)
-                model.learning_rates.scale = state.lr_scale
-                logger.info(
-                    "no better validation: continuing from step %d's weights at %.3gx the rates",
-                    state.best_step,
-                    state.lr_scale,
-                )
+            state.end_epoch()
+        if "validation" in data.streams and not validated_now(state):
+            validate(state)
         if epoch_done or state.step:  # an epoch end (or the max_steps end) is always saved
             save(state)
     progress.close()

@@ -104,9 +104,15 @@ def test_options_may_follow_the_overrides(tmp_path):
         (["train.plateau_lr_factor=0"], "train.plateau_lr_factor: must be in (0, 1]"),
         (["train.plateau_lr_factor=1.5"], "train.plateau_lr_factor: must be in (0, 1]"),
         (["train.plateau_lr_factor=0.1"], "plateau_lr_factor: needs a validation split"),
+        (["train.validate_every=100"], "validate_every: needs a validation split"),
+        (["train.validate_every=-1"], "train.validate_every: must be >= 0"),
+        (
+            ["train.validate_every=100", "train.pipeline=true", "data.validation_days=1"],
+            "train.validate_every: not with train.pipeline",
+        ),
     ],
 )
-def test_plateau_factor_is_checked(overrides, named):
+def test_validation_switches_are_checked(overrides, named):
     with pytest.raises(ConfigError) as error:
         load_config(None, ["model.name=cain", *overrides])
     assert named in str(error.value)

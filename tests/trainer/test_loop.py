@@ -64,3 +64,18 @@ def test_the_scale_multiplies_the_scheduled_rates():
     rates.scale = 0.1
     assert rates.apply(2) == pytest.approx(0.1)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+
+
+def test_a_validation_at_an_epochs_last_step_counts_for_that_epoch():
+    state = TrainState()
+    state.step = 9
+    state.record_validation(
+        Metrics(auc=0.7, gauc=0.7, logloss=0.5, samples=100, gauc_users=10),
+        SelectionMetric.LOGLOSS,
+    )
+    assert state.validation_history[-1]["epoch"] == 0 and state.best_epoch == 0
+    state.end_epoch()
+    assert state.validation_history[-1]["epoch"] == 1 and state.best_epoch == 1
+    state.step = 12
+    state.end_epoch()  # no validation at step 12: the history is left alone
+    assert state.validation_history[-1]["epoch"] == 1 and state.epoch == 2

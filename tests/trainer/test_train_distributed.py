@@ -348,6 +348,46 @@ def test_validation_split_selects_an_epoch_and_the_report_uses_its_weights(tiny_
     assert rescored.auc == pytest.approx(metrics["auc"], abs=1e-5)
 
 
+def test_validation_every_few_steps_selects_among_them(tiny_data, tmp_path):
+    """train.validate_every: validations inside epochs too (9 steps an epoch here); one at an
+    epoch's last step is that epoch's, not a second one; the best of all is selected."""
+    _ok(
+        torchrun(
+            _arguments(
+                tiny_data, tmp_path, "data.validation_days=1", "train.epochs=2",
+                "train.validate_every=3", "train.keep_checkpoints=8",
+            )
+        )
+    )
+    metrics = _metrics(tmp_path)
+    history = metrics["validation_history"]
+    assert [(entry["step"], entry["epoch"]) for entry in history] == [
+        (3, 0), (6, 0), (9, 1), (12, 1), (15, 1), (18, 2)
+    ]
+    best = min(history, key=lambda entry: entry["logloss"])
+    assert (metrics["best_step"], metrics["best_epoch"]) == (best["step"], best["epoch"])
+    selected = (tmp_path / "checkpoints" / "SELECTED").read_text().strip()
+    assert selected == f"step_{best['step']:08d}"
+
+
+def test_early_stopping_between_epoch_ends_stops_at_that_validation(tiny_data, tmp_path):
+    _ok(
+        torchrun(
+            _arguments(
+                tiny_data, tmp_path, "data.validation_days=1", "train.epochs=2",
+                "train.validate_every=2", "train.early_stopping_patience=1",
+                "train.dense_lr=0.05", "train.sparse_lr=0.5",
+            )
+        )
+    )
+    metrics = _metrics(tmp_path)
+    history = metrics["validation_history"]
+    assert metrics["stopped_early"], f"no validation without improvement in {history}"
+    assert metrics["steps"] == history[-1]["step"] < 18  # stopped right there, inside the run
+    assert history[-1]["logloss"] >= min(entry["logloss"] for entry in history[:-1])
+    assert metrics["n_train"] < 2 * metrics["data"]["samples"]["train"]
+
+
 def test_a_validation_plateau_reloads_the_best_weights_and_lowers_the_rates(tiny_data, tmp_path):
     """train.plateau_lr_factor: after an epoch that is not the best, training goes on from the
     best epoch's weights (the checkpoint saved at that epoch's end holds them) at factor x the
