@@ -444,8 +444,7 @@ def fit(
         and not config.train.evaluate_only
     ):
         best = checkpoints.directory / checkpoint.step_name(state.best_step)
-        identity_check = checkpoint.ModelIdentity(config.model.name, identity.config)
-        checkpoint.load(best, model.module, None, identity_check, restore_rng=False)
+        checkpoint.load(best, model.module, None, identity, restore_rng=False)
         state.restored_best = True
         logger.info("restored the best epoch's weights (step %d) from %s", state.best_step, best)
 

@@ -7,7 +7,8 @@ A checkpoint carries the model name, the resolved config, the run's config (its 
 `data.max_history`) and the feature spec (`trainer_state.json`), so `Scorer.from_checkpoint`
 needs nothing else: it builds the model on CPU (or the given device) in one process, loads the
 sharded weights through DCP — which gathers the shards into full tables whatever world size and
-sharding wrote them — and scores `Batch`es or raw rows of the samples table. `Scorer.random` builds an untrained model for latency benchmarks.
+sharding wrote them — and scores `Batch`es or raw rows of the samples table. `Scorer.random`
+builds an untrained model for latency benchmarks.
 
 Letters: B candidates of the scored requests.
 """
