@@ -47,8 +47,8 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from enum import Enum
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F

@@ -89,12 +89,16 @@ class TrainState:
             self.epochs_without_improvement += 1
         return better
 
+    def validated_now(self) -> bool:
+        """Whether the latest validation was taken at the current step."""
+        return bool(self.validation_history) and self.validation_history[-1]["step"] == self.step
+
     def end_epoch(self) -> None:
         """The epoch's data ran out. A validation taken at this very step (validate_every) is the
         epoch's own: it and the best it may be count the completed epoch."""
         self.epoch += 1
         self.batches_in_epoch = 0
-        if self.validation_history and self.validation_history[-1]["step"] == self.step:
+        if self.validated_now():
             self.validation_history[-1]["epoch"] = self.epoch
             if self.best_step == self.step:
                 self.best_epoch = self.epoch

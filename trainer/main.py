@@ -378,10 +378,6 @@ def fit(
                 current.lr_scale,
             )
 
-    def validated_now(current: TrainState) -> bool:
-        history = current.validation_history
-        return bool(history) and history[-1]["step"] == current.step
-
     def on_step(current: TrainState) -> None:
         every = config.train.validate_every
         if every and "validation" in data.streams and current.step % every == 0:
@@ -432,7 +428,7 @@ def fit(
         )
         if epoch_done:
             state.end_epoch()
-        if "validation" in data.streams and not validated_now(state):
+        if "validation" in data.streams and not state.validated_now():
             validate(state)
         if epoch_done or state.step:  # an epoch end (or the max_steps end) is always saved
             save(state)
