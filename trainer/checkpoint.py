@@ -37,6 +37,7 @@ import json
 import logging
 import pickle
 import random
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.json"
 SELECTED = "SELECTED"
+REPLACED = ".replaced"
+STEP_NAME = re.compile(rf"(step_\d+)({re.escape(REPLACED)})?")
 # 2: trainer_state.json holds model_config (resolved) and code_version.
 FORMAT_VERSION = 2
 
@@ -214,6 +217,10 @@ def step_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def _step_of(path: Path) -> str:
+    return STEP_NAME.fullmatch(path.name)[1]
+
+
 def _rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state()
     return {
@@ -268,9 +275,10 @@ class Checkpoints:
         optimizer: torch.optim.Optimizer,
         state: dict[str, Any],
         protect: int = 0,
+        selected: int = 0,
     ) -> Path:
         """Collective: every rank calls it at the same step. `protect`: a step whose checkpoint
-        pruning keeps (the best epoch); it is also what SELECTED names (else this step)."""
+        pruning keeps (the best epoch); `selected`: the step SELECTED names (else this step)."""
         final = self.directory / step_name(step)
         partial = self.directory / f"{step_name(step)}.partial"
         if self._is_main():
@@ -294,16 +302,23 @@ class Checkpoints:
                 if path.is_file()
             }
             (partial / MANIFEST).write_text(json.dumps({"files": files}, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
+            # A second save at the same step (an epoch end on a checkpoint_every step) moves the
+            # first aside and deletes it only after the rename: a kill in between leaves a
+            # complete step_X or a step_X.replaced that complete() counts as step X.
+            replaced = self.directory / f"{step_name(step)}{REPLACED}"
+            if final.is_dir():
+                shutil.rmtree(replaced, ignore_errors=True)
+                final.rename(replaced)
             partial.rename(final)
+            shutil.rmtree(replaced, ignore_errors=True)
             self._prune(protect)
-            self._select(protect or step)
+            self._select(selected or step)
         self._barrier()
         logger.info("checkpoint saved: %s", final)
         return final
 
     def _prune(self, protect: int) -> None:
-        complete = [path for path in self.complete() if path.name != step_name(protect)]
+        complete = [path for path in self.complete() if _step_of(path) != step_name(protect)]
         for old in complete[: max(len(complete) - self.keep, 0)]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -317,22 +332,27 @@ class Checkpoints:
         """The checkpoint the run chose (SELECTED), else the newest."""
         marker = self.directory / SELECTED
         if marker.is_file():
-            chosen = self.directory / marker.read_text().strip()
-            if chosen.is_dir():
+            chosen = self.at(marker.read_text().strip())
+            if chosen is not None:
                 return chosen
         return self.latest()
 
+    def at(self, step: int | str) -> Path | None:
+        """The finished checkpoint of this step (a number or its step_X name), if any."""
+        name = step_name(step) if isinstance(step, int) else step
+        return next((path for path in self.complete() if _step_of(path) == name), None)
+
     def complete(self) -> list[Path]:
-        """Finished checkpoint directories (renamed from .partial), oldest first."""
+        """Finished checkpoint directories (renamed from .partial), oldest first; a step_X that a
+        killed re-save left only as step_X.replaced counts as that step."""
         if not self.directory.is_dir():
             return []
-        return sorted(
-            path
-            for path in self.directory.iterdir()
-            if path.is_dir()
-            and path.name.startswith("step_")
-            and not path.name.endswith(".partial")
-        )
+        steps = {}
+        for path in self.directory.iterdir():
+            match = STEP_NAME.fullmatch(path.name)
+            if path.is_dir() and match and (match[2] is None or match[1] not in steps):
+                steps[match[1]] = path
+        return [steps[name] for name in sorted(steps)]
 
     def latest(self) -> Path | None:
         complete = self.complete()

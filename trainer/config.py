@@ -236,6 +236,11 @@ class TrainConfig:
             raise ConfigError(
                 f"train.plateau_lr_factor: must be in (0, 1] (1: off), got {self.plateau_lr_factor}"
             )
+        if self.plateau_lr_factor < 1 and self.early_stopping_patience == 1:
+            raise ConfigError(
+                "train.plateau_lr_factor: with early_stopping_patience 1 the run stops at the "
+                "first validation without a better score, before any reload; use patience >= 2"
+            )
         if self.validate_every and self.pipeline:
             raise ConfigError(
                 "train.validate_every: not with train.pipeline (the pipeline holds the model's "

@@ -20,6 +20,7 @@ batches already consumed.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -117,6 +118,12 @@ class SamplesTable:
             keyed.append(((file.date, *users, file.rows, file.uri), file))
         files = [file for _, file in sorted(keyed, key=lambda pair: pair[0])]
         return SamplesTable(path, table.version(), files)
+
+    def digest(self) -> str:
+        """SHA-256 of the files' Delta paths and row counts: the same content wherever the table
+        lives; another version of the table (rows added or rewritten) has another digest."""
+        listing = "\n".join(f"{file.relative}\t{file.rows}" for file in self._files)
+        return hashlib.sha256(listing.encode()).hexdigest()
 
     def files(self, dates: tuple[str, ...] | None) -> list[DataFile]:
         """The files of these `date` partitions; every file when dates are unknown (None).

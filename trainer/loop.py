@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -127,7 +128,9 @@ class TrainState:
 
     @staticmethod
     def from_checkpoint(saved: dict, world_size: int) -> TrainState:
-        """Same global progress when the world size changed: each rank skips its share."""
+        """Same global progress when the world size changed: each rank skips its share. The
+        shares and shuffles are per rank, so the rest of that epoch then differs from an
+        uninterrupted run's (some samples twice, others not at all); later epochs do not."""
         known = {name for name in TrainState.__dataclass_fields__}
         state = TrainState(**{key: value for key, value in saved.items() if key in known})
         state.batches_in_epoch = saved["batches_in_epoch"] * saved["world_size"] // world_size
@@ -145,13 +148,18 @@ class EpochResult:
     resumed_from_step: int
 
 
+class TrainingDiverged(RuntimeError):
+    """A step's training loss was NaN or infinite on some rank."""
+
+
 class SynchronizedBatches:
     """Yields this rank's batches, weighted for the step, while *any* rank still has one and fewer
     than `limit` steps were taken; a rank out of data yields `filler` with weight 0.
 
     limit: stop after this many steps (0: no limit). The same object serves the plain loop and
     TrainPipelineSparseDist, which pulls batches ahead: both call next() the same number of times
-    on every rank, so the all-reduces line up.
+    on every rank, so the all-reduces line up. The same all-reduce carries whether a rank's last
+    recorded loss was not finite: then every rank raises TrainingDiverged at that next().
     """
 
     def __init__(
@@ -163,6 +171,7 @@ class SynchronizedBatches:
         self.limit = limit
         self.taken = 0
         self.done = False
+        self.nonfinite_step = 0  # the step whose loss was not finite on this rank (0: none)
         # (real samples, weight of each) of batches handed out and not yet trained on, oldest
         # first: the pipeline pulls ahead, and the loop credits each step with its own batch.
         self.pending: collections.deque[tuple[int, float]] = collections.deque()
@@ -176,9 +185,22 @@ class SynchronizedBatches:
             raise StopIteration
         batch = next(self.batches, None)
         local = batch.num_samples if batch is not None else 0
-        ranks_with_data, step_samples = all_reduce_sum(
-            [float(batch is not None), float(local)], self.group.device
+        ranks_with_data, step_samples, diverged, steps = all_reduce_sum(
+            [
+                float(batch is not None),
+                float(local),
+                float(self.nonfinite_step > 0),
+                float(self.nonfinite_step),
+            ],
+            self.group.device,
         )
+        if diverged:  # the ranks run in lockstep: every diverged rank saw it at the same step
+            raise TrainingDiverged(
+                f"the training loss is NaN or infinite at step {int(steps / diverged)} on "
+                f"{int(diverged)} of {self.group.world_size} rank(s): "
+                "the model diverged; lower the learning rates (train.dense_lr, train.sparse_lr) "
+                "or clip the gradients (train.grad_clip_norm)"
+            )
         if ranks_with_data == 0:
             self.done = True
             raise StopIteration
@@ -260,8 +282,8 @@ def train_steps(
     Each step: set the step's learning rates, zero the gradients (which also hands the fused
     optimizer its rate), forward, backward (the fused optimizer updates the looked-up rows),
     clip the dense gradients, dense Adam step. pipeline: a TorchRec TrainPipelineSparseDist
-    built on `model`/`optimizer` (it runs forward, backward and step itself; no clipping).
-    """
+    built on `model` and `optimizer` wrapped in ClippedSteps (it runs forward, backward and the
+    clipped step itself)."""
     model.train()
     while True:
         factor = learning_rates.apply(state.step + 1)
@@ -286,6 +308,8 @@ def train_steps(
         state.samples += samples
         # This rank's mean BCE (+ auxiliary) over its samples: loss / (samples x weight).
         local_mean = float(loss.detach()) / (samples * weight) if samples else None
+        if local_mean is not None and not math.isfinite(local_mean):
+            batches.nonfinite_step = batches.nonfinite_step or state.step
         progress.step(state, local_mean, samples, factor)
         on_step(state)
         if state.stopped_early:  # decided on every rank alike (gathered validation metrics)

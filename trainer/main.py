@@ -18,8 +18,9 @@
 Rank 0 prints one line `model=cain auc=... gauc=... logloss=... n_train=... n_test=...` and
 writes RUN_DIR/metrics.json, RUN_DIR/config.yaml and RUN_DIR/tb/. A bad config or unusable data
 stops every rank before any process group starts, with one line on rank 0 and exit code 2; no run
-directory is created. An error in the data or a checkpoint during the run prints one line per
-failing rank and exits with code 3.
+directory is created. An error in the data or a checkpoint during the run, or a training loss that
+turns NaN or infinite (the model diverged), prints one line per failing rank and exits with
+code 3.
 """
 
 from __future__ import annotations
@@ -79,12 +80,14 @@ from trainer.loop import (
     EpochResult,
     ProgressLog,
     SynchronizedBatches,
+    TrainingDiverged,
     TrainState,
     evaluate,
     global_sum,
     train_steps,
 )
 from trainer.optimizers import (
+    ClippedSteps,
     LearningRates,
     attach_sparse_optimizer,
     combined_optimizer,
@@ -144,17 +147,33 @@ def check_inputs(config: Config) -> None:
                 f"{list(view.dates or [])}): nothing to {verb} on; check the ETL's log and "
                 "feature_spec.json"
             )
-    # The checkpoint `restore` will load must hold this model with this resolved config.
-    source = None
-    if config.train.resume and not config.train.evaluate_only:
-        source = checkpoint.Checkpoints(Path(config.output) / "checkpoints").latest()
-    if source is None and config.train.warm_start:
-        source = checkpoint.find(config.train.warm_start)
+    # The checkpoint `restore` will load must hold this model with this resolved config, and a
+    # resume must read the data it started on (its position counts batches of those files).
+    own = None
+    if not config.train.evaluate_only:
+        own = checkpoint.Checkpoints(Path(config.output) / "checkpoints").latest()
+    if own is not None and not config.train.resume:
+        raise InputError(
+            f"{own.parent} holds an earlier run's checkpoints (newest {own.name}) and "
+            "train.resume=false: a new run there would mix with them (pruning keeps the newest "
+            "steps, which are theirs); resume it (train.resume=true), write to another output "
+            "or delete them"
+        )
+    source = own or (checkpoint.find(config.train.warm_start) if config.train.warm_start else None)
     if source is not None:
         identity = checkpoint.ModelIdentity(
             config.model.name, to_plain(resolve_config(config.model.name, config.model.options))
         )
-        identity.check(checkpoint.read_state(source), source)
+        state = checkpoint.read_state(source)
+        identity.check(state, source)
+        if source == own and state.get("samples_digest", table.digest()) != table.digest():
+            raise InputError(
+                f"{source} was trained on {state['data_root']} (samples table version "
+                f"{state['samples_table_version']}), not on this data ({table.path}, version "
+                f"{table.version}): a resume continues from a position in its own data; read "
+                f"that version (data.version={state['samples_table_version']}) or start a new "
+                f"run with train.warm_start={config.output}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +315,14 @@ def restore(config: Config, data: Data, model: Model, group: ProcessGroup) -> Tr
     if latest is not None:
         saved = checkpoint.load(latest, model.module, model.optimizer, expected, restore_rng=True)
         state = TrainState.from_checkpoint(saved.state, group.world_size)
+        if saved.state["world_size"] != group.world_size and state.batches_in_epoch:
+            logger.warning(
+                "resumed on %d processes a run saved on %d in the middle of epoch %d: the rest "
+                "of this epoch reads other shares (some samples twice, some not at all)",
+                group.world_size,
+                saved.state["world_size"],
+                state.epoch + 1,
+            )
         model.learning_rates.scale = state.lr_scale
         logger.info("resumed from %s at step %d (epoch %d)", latest, state.step, state.epoch)
         return state
@@ -345,11 +372,14 @@ def fit(
                 **current.to_checkpoint(global_sum(current.samples, group), group.world_size),
                 "data_root": str(config.data.root),
                 "samples_table_version": data.table.version,
+                "samples_digest": data.table.digest(),
                 "seed": config.train.seed,
                 # Enough to rebuild the model without the data directory (trainer/predict.py).
                 "feature_spec": json.loads(data.spec.to_json()),
             },
             protect=current.best_step,
+            # SELECTED names the weights the run ends with: the best only if they are restored.
+            selected=current.best_step if config.train.restore_best else 0,
         )
 
     def validate(current: TrainState) -> None:
@@ -369,7 +399,7 @@ def fit(
                 writer.add_scalar(f"validation/{name}", getattr(scores, name), current.step)
         if current.reduce_on_plateau(config.train.plateau_lr_factor, config.train):
             # Saved after the reload: a resume continues from the best weights too.
-            best = checkpoints.directory / checkpoint.step_name(current.best_step)
+            best = checkpoints.at(current.best_step)
             checkpoint.load(best, model.module, model.optimizer, identity, restore_rng=False)
             model.learning_rates.scale = current.lr_scale
             logger.info(
@@ -405,7 +435,8 @@ def fit(
         if config.train.pipeline:  # one per epoch: it remembers that its data ran out
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-            pipeline = TrainPipelineSparseDist(model.module, model.optimizer, group.device)
+            clipped = ClippedSteps(model.optimizer, clip_parameters, config.train.grad_clip_norm)
+            pipeline = TrainPipelineSparseDist(model.module, clipped, group.device)
         with _autocast(config, group):
             ran_out = train_steps(
                 model.module,
@@ -439,7 +470,7 @@ def fit(
         and state.best_step != state.step
         and not config.train.evaluate_only
     ):
-        best = checkpoints.directory / checkpoint.step_name(state.best_step)
+        best = checkpoints.at(state.best_step)
         checkpoint.load(best, model.module, None, identity, restore_rng=False)
         state.restored_best = True
         logger.info("restored the best epoch's weights (step %d) from %s", state.best_step, best)
@@ -609,7 +640,7 @@ def parse_arguments(argv: list[str] | None = None) -> Config:
     return config
 
 
-CHECKED_ERRORS = (ConfigError, InputError, FeatureSpecError, SampleDataError)
+CHECKED_ERRORS = (ConfigError, InputError, FeatureSpecError, SampleDataError, TrainingDiverged)
 
 
 def main(argv: list[str] | None = None) -> None:

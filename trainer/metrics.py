@@ -27,6 +27,8 @@ class Metrics:
     gauc_users: users kept in GAUC (users with a single class are excluded).
     samples: N.
     positive_rate: share of positive labels (NaN without samples).
+    nonfinite: predictions that are NaN or infinite (a diverged model): then no metric is
+        defined.
     """
 
     auc: float
@@ -35,6 +37,7 @@ class Metrics:
     gauc_users: int
     samples: int
     positive_rate: float = float("nan")
+    nonfinite: int = 0
 
     def constant_logloss(self, rate: float) -> float:
         """The logloss of predicting `rate` for every sample: what a model must beat."""
@@ -50,6 +53,9 @@ class Metrics:
             "gauc": "no user has both positives and negatives",
             "logloss": "the split holds no samples",
         }
+        if self.nonfinite:
+            diverged = f"{self.nonfinite} of {self.samples} predictions are NaN or infinite"
+            reasons = dict.fromkeys(reasons, f"{diverged} (the model diverged)")
         values: dict = {}
         undefined = {}
         for name in ("auc", "gauc", "logloss"):
@@ -58,6 +64,8 @@ class Metrics:
             if values[name] is None:
                 undefined[name] = reasons[name]
         values["gauc_users"] = self.gauc_users
+        if self.nonfinite:
+            values["nonfinite_predictions"] = self.nonfinite
         values["samples"] = self.samples
         values["positive_rate"] = None if math.isnan(self.positive_rate) else self.positive_rate
         if undefined:
@@ -143,7 +151,20 @@ def logloss(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 def compute_metrics(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -> Metrics:
-    """All metrics of one prediction set. AUC/GAUC only need the logits' order."""
+    """All metrics of one prediction set. AUC/GAUC only need the logits' order; none is defined
+    when a prediction is NaN or infinite (NaN has no order: an AUC over it would be a number)."""
+    nonfinite = int(np.count_nonzero(~np.isfinite(np.asarray(logits, dtype=np.float64))))
+    if nonfinite:
+        undefined = float("nan")
+        return Metrics(
+            undefined,
+            undefined,
+            undefined,
+            0,
+            int(np.asarray(labels).shape[0]),
+            float(np.mean(labels)),
+            nonfinite,
+        )
     group_auc, kept = gauc(labels, logits, users)
     return Metrics(
         auc=auc(labels, logits),

@@ -78,6 +78,23 @@ def clip_dense_gradients(parameters: list[nn.Parameter], max_norm: float) -> flo
     return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in gradients])))
 
 
+class ClippedSteps:
+    """The optimizer as TorchRec's TrainPipelineSparseDist calls it (zero_grad, step), with the
+    dense gradients clipped before each step as the plain loop clips them."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], max_norm: float
+    ) -> None:
+        self.optimizer, self.parameters, self.max_norm = optimizer, parameters, max_norm
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def step(self) -> None:
+        clip_dense_gradients(self.parameters, self.max_norm)
+        self.optimizer.step()
+
+
 class LearningRates:
     """Sets each parameter group's rate to its configured rate x `factor(step)`.
 

@@ -104,6 +104,10 @@ def test_options_may_follow_the_overrides(tmp_path):
         (["train.plateau_lr_factor=0"], "train.plateau_lr_factor: must be in (0, 1]"),
         (["train.plateau_lr_factor=1.5"], "train.plateau_lr_factor: must be in (0, 1]"),
         (["train.plateau_lr_factor=0.1"], "plateau_lr_factor: needs a validation split"),
+        (
+            ["train.plateau_lr_factor=0.1", "train.early_stopping_patience=1"],
+            "plateau_lr_factor: with early_stopping_patience 1 the run stops",
+        ),
         (["train.validate_every=100"], "validate_every: needs a validation split"),
         (["train.validate_every=-1"], "train.validate_every: must be >= 0"),
         (

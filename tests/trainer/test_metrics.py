@@ -120,6 +120,20 @@ def test_undefined_metrics_are_null_with_a_reason_never_nan():
     json.dumps(values, allow_nan=False)  # valid JSON: would raise on NaN
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_nan_or_infinite_prediction_leaves_every_metric_undefined(bad):
+    """NaN has no order: an AUC over it would be a number (0.5625 here before), and a diverged
+    model must never look like a scored one, nor be selected as the best epoch."""
+    labels = np.array([1.0, 0.0, 1.0, 0.0])
+    metrics = compute_metrics(labels, np.array([0.3, bad, 0.2, 0.1]), np.array([1, 1, 2, 2]))
+    values = metrics.to_json()
+    assert values["auc"] is None and values["gauc"] is None and values["logloss"] is None
+    assert values["nonfinite_predictions"] == 1
+    assert all("1 of 4 predictions are NaN or infinite" in values["undefined"][name]
+               for name in ("auc", "gauc", "logloss"))
+    assert values["samples"] == 4 and values["positive_rate"] == 0.5
+
+
 def test_constant_logloss_is_the_cross_entropy_of_a_constant_prediction():
     labels = np.array([1.0, 0.0, 0.0, 0.0])
     metrics = compute_metrics(labels, np.zeros(4), np.arange(4))

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from deltalake import DeltaTable
 
 from contract.feature_spec import FeatureSpec
 from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
@@ -126,6 +127,46 @@ def test_corrupted_shard_is_an_error_naming_the_file(tiny_data, tmp_path, refere
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_a_run_directory_with_checkpoints_refuses_a_fresh_run_and_other_data(
+    tiny_data, tmp_path, reference_run
+):
+    """train.resume=false there would prune its own checkpoints (the earlier run's steps are
+    newer); a resume on another version of the data would continue from a position in other
+    files. Both stop before any work, exit code 2, the checkpoints untouched."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run[0] / "checkpoints", run_dir / "checkpoints")
+    before = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    changed = tmp_path / "data"
+    shutil.copytree(tiny_data, changed)
+    test_day = FeatureSpec.read(changed).splits["test"].dates[0]
+    DeltaTable(str(changed / "samples")).delete(f"date = '{test_day}' AND user_id % 2 = 0")
+    for data, overrides, message in (
+        (tiny_data, ["train.resume=false"], "holds an earlier run's checkpoints"),
+        (changed, [], "a resume continues from a position in its own data"),
+    ):
+        process = torchrun(_arguments(data, run_dir, "train.max_steps=16", *overrides))
+        ours = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+        assert len(ours) == 1 and message in ours[0], process.stderr[-3000:]
+        assert "exitcode  : 2" in process.stderr
+        assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
+        assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_diverging_loss_stops_every_rank_with_one_error_each(tiny_data, tmp_path):
+    """Adam at 1e30 blows the weights up within a step or two: every rank stops at the same
+    step with exit code 3 (none waits in a collective for the others), no metrics.json."""
+    process = torchrun(
+        _arguments(
+            tiny_data, tmp_path, "train.max_steps=8", "train.dense_lr=1e30", "train.sparse_lr=1e30"
+        )
+    )
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error (rank")]
+    assert len(errors) == 2, process.stderr[-3000:]
+    assert all("the training loss is NaN or infinite at step" in line for line in errors)
+    assert "exitcode  : 3" in process.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_warm_start_on_next_day_data_with_new_ids_and_column_wise_sharding(
     next_day_data, tmp_path, reference_run
 ):
@@ -180,6 +221,7 @@ def test_pipeline_matches_the_plain_loop_with_row_wise_sharding(tiny_data, tmp_p
                     "train.max_steps=6",
                     "train.sharding_type=row_wise",
                     f"train.pipeline={pipeline}",
+                    "train.grad_clip_norm=0.001",  # clips every step, in both loops
                 )
             )
         )
