@@ -37,11 +37,12 @@ from pathlib import Path
 
 from contract.feature_spec import FeatureSpec
 from experiments import planted_metrics
-from experiments.report import RunResult, SuiteReport
+from experiments.report import METRICS, RunResult, SuiteReport
 from experiments.suites import SUITES, Suite, Variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "train" / "default.yaml"
+LAUNCH_FILE = "launch.json"
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,47 @@ def finished_metrics(directory: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def undefined_metrics(metrics: dict) -> str | None:
+    """Why a finished run cannot enter the table: a metric is null (e.g. the model diverged)."""
+    names = (*METRICS, *planted_metrics.PLANTED_METRICS)
+    null = [name for name in names if name in metrics and metrics[name] is None]
+    reasons = metrics.get("undefined") or {}
+    return "; ".join(f"{name} null: {reasons.get(name, '?')}" for name in null) or None
+
+
+class SettingsChanged(Exception):
+    """A run directory holds a run of other trainer arguments than the ones asked for now."""
+
+
+def check_settings(directory: Path, arguments: list[str], nproc: int) -> None:
+    """A run directory belongs to one trainer command (DIRECTORY/launch.json): skipping a finished
+    run or resuming an unfinished one under other settings would mix settings in one table."""
+    path = directory / LAUNCH_FILE
+    if not path.exists():  # not run yet (or run before launch.json was written: not checked)
+        return
+    earlier = json.loads(path.read_text())
+    if earlier == {"arguments": arguments, "nproc": nproc}:
+        return
+    differing = sorted(set(earlier["arguments"]) ^ set(arguments))
+    if earlier["nproc"] != nproc:
+        differing.append(f"{earlier['nproc']} vs {nproc} processes")
+    raise SettingsChanged(
+        f"{directory} holds a run with other settings ({', '.join(differing)}): write to "
+        "another --output, or delete that directory to run it again"
+    )
+
+
 def launch(arguments: list[str], directory: Path, nproc: int, timeout: int) -> int:
     """One torchrun of trainer/main.py; its output goes to DIRECTORY/train.log.
 
     torchrun runs in a session of its own: on a timeout, Ctrl-C or an error here its whole
     process group (the launcher and every rank) is stopped, so no rank outlives the runner.
+    Raises SettingsChanged when DIRECTORY was run with other arguments.
     """
+    check_settings(directory, arguments, nproc)
     directory.mkdir(parents=True, exist_ok=True)
+    launched = {"arguments": arguments, "nproc": nproc}
+    (directory / LAUNCH_FILE).write_text(json.dumps(launched, indent=2) + "\n")
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     environment["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
@@ -308,6 +343,9 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
     failed: list[str] = []
     started = time.monotonic()
     trained_seconds, trained = 0.0, 0
+    for variant, seed in plan:  # before any run: not after hours of the others
+        arguments = trainer_arguments(suite, variant, seed, settings, tables_max_len)
+        check_settings(run_directory(settings, variant, seed), arguments, settings.nproc)
     for index, (variant, seed) in enumerate(plan, start=1):
         directory = run_directory(settings, variant, seed)
         label = f"[{index}/{len(plan)}] {suite.name} {variant.name} seed {seed}"
@@ -317,6 +355,10 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
             if metrics is None:
                 failed.append(f"{variant.name}/seed_{seed} (planted metrics)")
                 log(f"{label}: finished earlier; planted metrics FAILED")
+                continue
+            if undefined_metrics(metrics):
+                failed.append(f"{variant.name}/seed_{seed} ({undefined_metrics(metrics)})")
+                log(f"{label}: finished earlier with {undefined_metrics(metrics)}")
                 continue
             runs.append(RunResult(variant.name, seed, metrics))
             log(f"{label}: skipped, finished earlier (auc={metrics['auc']:.4f})")
@@ -347,6 +389,10 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
         if metrics is None:
             failed.append(f"{variant.name}/seed_{seed} (planted metrics)")
             log(f"{label}: planted metrics FAILED ({directory / 'planted_metrics.log'})")
+            continue
+        if undefined_metrics(metrics):
+            failed.append(f"{variant.name}/seed_{seed} ({undefined_metrics(metrics)})")
+            log(f"{label}: FAILED, {undefined_metrics(metrics)} in {timing}")
             continue
         runs.append(RunResult(variant.name, seed, metrics))
         target = f" target_auc={metrics['target_auc']:.4f}" if "target_auc" in metrics else ""
@@ -428,7 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds -> {settings.output}",
         flush=True,
     )
-    runs, failed = run_suite(suite, settings, log=lambda line: print(line, flush=True))
+    try:
+        runs, failed = run_suite(suite, settings, log=lambda line: print(line, flush=True))
+    except SettingsChanged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     report_path = settings.output / "results.md"
     write_results(suite, settings, runs, failed)
     print(report_path.read_text())

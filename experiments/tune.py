@@ -45,7 +45,7 @@ import yaml
 
 from contract.config import load_yaml, merge, parse_override, set_dotted
 from contract.feature_spec import FeatureSpec
-from experiments.run import DEFAULT_CONFIG, finished_metrics, launch
+from experiments.run import DEFAULT_CONFIG, SettingsChanged, finished_metrics, launch
 from trainer.config import load_config
 
 STUDY_NAME = "tune"
@@ -158,6 +158,10 @@ def objective(settings: TuneSettings, log):
     return run_trial
 
 
+class StudyMismatch(Exception):
+    """The study stored in OUTPUT/study.db optimizes in the other direction."""
+
+
 def open_study(settings: TuneSettings) -> optuna.Study:
     settings.output.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -168,6 +172,12 @@ def open_study(settings: TuneSettings) -> optuna.Study:
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
         load_if_exists=True,
     )
+    wanted = optuna.study.StudyDirection[settings.direction.upper()]
+    if study.direction != wanted:  # load_if_exists keeps the stored direction
+        raise StudyMismatch(
+            f"{settings.output / 'study.db'} {study.direction.name.lower()}s its metric, this "
+            f"command {settings.direction}s {settings.metric}: tune into another --output"
+        )
     # A trial left RUNNING was interrupted: close it as failed and run its parameters again.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -293,7 +303,11 @@ def parse_arguments(argv: list[str] | None = None) -> TuneSettings:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_arguments(argv)
-    study = tune(settings, log=lambda line: print(line, flush=True))
+    try:
+        study = tune(settings, log=lambda line: print(line, flush=True))
+    except (SettingsChanged, StudyMismatch) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         print("[tune] no trial finished", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,6 +87,27 @@ def test_a_suite_runs_every_variant_and_seed_then_resumes(data, tmp_path):
     runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
     assert len(runs) == 4 and sum("skipped" in line for line in lines) == 3
     assert (tmp_path / "context_1" / "seed_2" / "metrics.json").exists()
+
+    # Other settings into the same output: refused before anything runs (a finished run would
+    # be skipped, an unfinished one resumed, under the old settings).
+    stamps = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*/seed_*/*.json")}
+    changed = dataclasses.replace(settings(data, tmp_path), overrides=(*TINY, "train.seed=9"))
+    with pytest.raises(run.SettingsChanged, match=r"train.seed=9.*another --output"):
+        run.run_suite(SUITE, changed, log=lines.append)
+    assert stamps == {path: path.stat().st_mtime_ns for path in stamps}
+
+    # A finished run whose metrics are undefined (null, e.g. a diverged model) is a failed run,
+    # not a row of the table.
+    path = tmp_path / "context_1" / "seed_1" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    reason = "4 of 96 predictions are NaN or infinite (the model diverged)"
+    metrics.update(auc=None, undefined={"auc": reason})
+    path.write_text(json.dumps(metrics))
+    lines.clear()
+    runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
+    assert failed == [f"context_1/seed_1 (auc null: {reason})"] and len(runs) == 3
+    run.write_results(SUITE, settings(data, tmp_path), runs, failed)
+    assert "context_1/seed_1" in (tmp_path / "results.md").read_text()
 
 
 def test_a_failed_run_is_reported_and_the_rest_still_run(data, tmp_path):

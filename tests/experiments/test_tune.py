@@ -3,6 +3,7 @@ a best preset the trainer accepts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,6 +88,10 @@ def test_a_study_runs_scores_on_validation_resumes_and_writes_a_preset(tmp_path)
     assert config.train.sparse_lr == pytest.approx(best["params"]["train.sparse_lr"])
     assert config.train.dense_lr == pytest.approx(best["params"]["train.dense_lr"])
     assert config.model.options["embedding_dim"] == 8  # the fixed overrides are kept
+
+    # The stored study maximizes AUC: minimizing logloss there would mix both scores.
+    with pytest.raises(tune.StudyMismatch, match="maximizes its metric, this command minimizes"):
+        tune.tune(dataclasses.replace(settings(4), metric="logloss"), log=lines.append)
 
 
 def test_tuned_settings_cannot_be_fixed_overrides(tmp_path):
