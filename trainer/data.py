@@ -125,13 +125,18 @@ class SamplesTable:
         listing = "\n".join(f"{file.relative}\t{file.rows}" for file in self._files)
         return hashlib.sha256(listing.encode()).hexdigest()
 
+    @property
+    def partitioned_by_date(self) -> bool:
+        """Every file has a `date` partition value (the contract); else views read every file."""
+        return all(file.date for file in self._files)
+
     def files(self, dates: tuple[str, ...] | None) -> list[DataFile]:
         """The files of these `date` partitions; every file when dates are unknown (None).
 
         Rows are still filtered on the `split` column while reading, so unknown dates only cost
         reading the other splits too.
         """
-        if not dates or not all(file.date for file in self._files):
+        if not dates or not self.partitioned_by_date:
             return list(self._files)
         wanted = set(dates)
         return [file for file in self._files if file.date in wanted]

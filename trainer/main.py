@@ -134,6 +134,13 @@ def check_inputs(config: Config) -> None:
             f"{missing[0]}: the table was changed outside Delta; rebuild it or read another "
             "version (data.version=N)"
         )
+    if config.data.validation_days and not table.partitioned_by_date:
+        # Views select dates by partition; rows are filtered on `split` only, so without the
+        # partitions the validation days would be trained on too.
+        raise InputError(
+            f"{table.path} has files without a `date` partition value: data.validation_days "
+            "needs the table partitioned by date (as the ETL writes it)"
+        )
     views = split_views(
         spec, config.data.train_split, config.data.test_split, config.data.validation_days
     )

@@ -132,8 +132,11 @@ class Scorer:
 
 
 def score_split(scorer: Scorer, root: str, split: str, batch_size: int) -> pa.Table:
-    """Score a whole split of the samples table: user_id, label, logit, score per candidate."""
-    spec = scorer.builder.spec
+    """Score a whole split of the samples table: user_id, label, logit, score per candidate.
+
+    The split's dates come from ROOT's own feature spec (a later day's data has later dates than
+    the checkpoint's); rows still map to the model's tables through the checkpoint's spec."""
+    spec = FeatureSpec.read(root)
     table = SamplesTable.open(root, spec)
     dates = spec.splits[split].dates if split in spec.splits else None
     stream = SampleStream(

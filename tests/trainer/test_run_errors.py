@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from contract.feature_spec import FeatureSpec
 from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
@@ -36,6 +36,15 @@ def _without_a_file(tiny_data: Path, root: Path) -> Path:
     return root
 
 
+def _unpartitioned(tiny_data: Path, root: Path) -> Path:
+    """The samples rewritten without `date` partitions (not what the ETL writes)."""
+    _copy(tiny_data, root)
+    rows = DeltaTable(str(root / "samples")).to_pyarrow_table()
+    shutil.rmtree(root / "samples")
+    write_deltalake(str(root / "samples"), rows)
+    return root
+
+
 # case -> (prepare the data root, overrides, the message, processes)
 CASES = {
     "misspelled key": (lambda data, root: data, ["train.batch_sizee=5"], "train.batch_sizee", 2),
@@ -43,6 +52,9 @@ CASES = {
     "empty data directory": (lambda data, root: root.mkdir() or root, [], "no feature spec at", 1),
     "deleted parquet file": (_without_a_file, [], "are missing", 2),
     "empty test split": (_without_test_rows, [], "the test split", 1),
+    "validation days without date partitions": (
+        _unpartitioned, ["data.validation_days=1"], "without a `date` partition value", 1
+    ),
     "exact adam on cpu": (
         lambda data, root: data, ["train.sparse_optimizer=adam"], "no CPU kernel", 1
     ),

@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 
 from contract.feature_spec import FeatureSpec
 from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
+from trainer.synthetic_samples import write_synthetic_samples
 
 pytestmark = pytest.mark.distributed
 
@@ -314,6 +315,24 @@ def test_single_gpu_run_with_nccl(tiny_data, tmp_path):
         )
     )
     assert _metrics(tmp_path)["steps"] == 4
+
+
+def test_scoring_later_data_reads_that_datas_test_day(tmp_path, reference_run):
+    """The checkpoint's spec names the test day it was evaluated on (2017-11-28); a later build's
+    test day is 2017-11-29, where 2017-11-28 is a train day: 0 rows if the dates came from the
+    checkpoint."""
+    from trainer.data import SamplesTable, SplitView, view_samples
+    from trainer.predict import Scorer, score_split
+
+    later = tmp_path / "later"
+    spec = write_synthetic_samples(later, users=48, days=5, max_len=30, seed=11)
+    test_dates = spec.splits["test"].dates
+    assert test_dates == ("2017-11-29",)
+    scorer = Scorer.from_checkpoint(reference_run[0] / "checkpoints" / "step_00000012")
+    assert scorer.builder.spec.splits["test"].dates == ("2017-11-28",)
+    scores = score_split(scorer, str(later), "test", batch_size=256)
+    files = SamplesTable.open(later, spec).files(test_dates)
+    assert scores.num_rows == view_samples(files, SplitView("test", "test", test_dates), spec) > 0
 
 
 def test_checkpoints_store_the_resolved_model_config_and_code_version(reference_run):
