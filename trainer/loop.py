@@ -127,14 +127,17 @@ class TrainState:
         return values
 
     @staticmethod
-    def from_checkpoint(saved: dict, world_size: int) -> TrainState:
+    def from_checkpoint(saved: dict, world_size: int, rank: int = 0) -> TrainState:
         """Same global progress when the world size changed: each rank skips its share. The
         shares and shuffles are per rank, so the rest of that epoch then differs from an
         uninterrupted run's (some samples twice, others not at all); later epochs do not."""
         known = {name for name in TrainState.__dataclass_fields__}
         state = TrainState(**{key: value for key, value in saved.items() if key in known})
         state.batches_in_epoch = saved["batches_in_epoch"] * saved["world_size"] // world_size
-        state.samples = saved["samples"] // world_size
+        # Rank 0 carries the remainder, so n_train (the sum over ranks) stays exact.
+        state.samples = saved["samples"] // world_size + (saved["samples"] % world_size) * (
+            rank == 0
+        )
         state.restored_best = False
         return state
 

@@ -321,7 +321,7 @@ def restore(config: Config, data: Data, model: Model, group: ProcessGroup) -> Tr
     expected = checkpoint.ModelIdentity(config.model.name, to_plain(data.model_config))
     if latest is not None:
         saved = checkpoint.load(latest, model.module, model.optimizer, expected, restore_rng=True)
-        state = TrainState.from_checkpoint(saved.state, group.world_size)
+        state = TrainState.from_checkpoint(saved.state, group.world_size, group.rank)
         if saved.state["world_size"] != group.world_size and state.batches_in_epoch:
             logger.warning(
                 "resumed on %d processes a run saved on %d in the middle of epoch %d: the rest "

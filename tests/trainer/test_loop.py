@@ -79,3 +79,9 @@ def test_a_validation_at_an_epochs_last_step_counts_for_that_epoch():
     state.step = 12
     state.end_epoch()  # no validation at step 12: the history is left alone
     assert state.validation_history[-1]["epoch"] == 1 and state.epoch == 2
+
+
+def test_a_resume_on_another_world_size_keeps_the_global_sample_count():
+    saved = TrainState(step=7, samples=1001).to_checkpoint(global_samples=1001, world_size=2)
+    shares = [TrainState.from_checkpoint(saved, 3, rank).samples for rank in range(3)]
+    assert sum(shares) == 1001 and shares == [335, 333, 333]
