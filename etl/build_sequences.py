@@ -8,15 +8,18 @@
 
 Without `--date` the whole configured range is (re)built; with `--date D` only day D's partitions
 are replaced (Delta replaceWhere): D's events and quarantined rows from RAW, then D's samples and
-profiles from the `events` table (which holds the earlier days' history). Running a day twice
-leaves the same tables; building the days one by one in order equals one full build.
+profiles from the `events` table (which holds the earlier days' history: a day missing between
+its first day and D - 1 is refused). Running a day twice leaves the same tables; building the
+days one by one in order equals one full build. RAW may be the whole log or D's delivery: every
+row is accepted, quarantined or counted as another day's (`other_day`, docs/etl.md).
 `--date D --incremental` reads only D's events plus the per-user `state` as of D - 1 (etl/state.py)
 and gives the same rows; every run leaves `state` as of its last day (docs/etl.md, "Incremental
 daily builds").
 Table schemas: docs/data.md; protocols, bad input and cluster use: docs/etl.md.
-Exit codes: 0 ok, 2 bad arguments / missing input / unwritable output / no Delta, 3 row counts
-that do not add up, 4 input rejected (no accepted row, or an accepted share of the input rows
-below --min-accepted-share): nothing was written, every table keeps its previous version.
+Exit codes: 0 ok, 2 bad arguments / missing input / a missing earlier day / unwritable output /
+no Delta, 3 row counts that do not add up, 4 input rejected (no accepted row, or an accepted share
+of the run's input rows below --min-accepted-share, or a user_id on two rows of the demographics):
+nothing was written, every table keeps its previous version.
 `--check` validates the arguments and input paths without starting Spark (scripts/spark_submit.sh
 runs it before spark-submit).
 """
@@ -49,6 +52,9 @@ from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
 log = logging.getLogger("etl.build_sequences")
 TABLES = ("events", "quarantine", "profiles", "samples")
 STATE_TABLE = "state"  # not in the feature spec: the ETL's own, the trainer never reads it
+# A table property of `events`: the built days that have no event (comma-separated), so that a
+# later day's history check (missing_days) does not take them for days never built.
+EMPTY_DAYS_PROPERTY = "cain.emptyDays"
 EXIT_BAD_ARGUMENTS, EXIT_COUNTS, EXIT_INPUT_REJECTED = 2, 3, 4
 
 
@@ -91,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "see sized_shuffle_partitions; a --conf given to spark-submit wins)")
     parser.add_argument("--min-accepted-share", type=float, default=0.5,
                         help="refuse to write anything (exit 4) when fewer than this share of the "
-                             "input rows are accepted events, or none is (default 0.5)")
+                             "run's input rows are accepted events, or none is (default 0.5; "
+                             "with --date D and 0, a day without events is built empty)")
     parser.add_argument("--check", action="store_true",
                         help="only validate the arguments and input paths (no Spark), exit 0/2")
     return parser.parse_args(argv)
@@ -186,13 +193,19 @@ def stage(name: str, started: float, **counts: object) -> None:
     log.info("%-11s %6.1fs  %s", name, time.time() - started, details)
 
 
-def check_accepted(by_reason: dict[str | None, int], min_share: float) -> None:
+def check_accepted(
+    by_reason: dict[str | None, int], min_share: float, other_day: int = 0,
+    allow_empty: bool = False,
+) -> None:
     """Refuse a run whose input is mostly (or entirely) rejected: garbage, an empty file or the
-    wrong format must never replace good tables. `by_reason`: rows per reason, None = accepted."""
+    wrong format must never replace good tables. `by_reason`: the run's rows per reason, None =
+    accepted; `other_day`: the input's rows left to other days' runs (in the message only).
+    `allow_empty` (a day run with --min-accepted-share 0 after a built day): no accepted row is
+    an empty day, built as such."""
     input_rows = sum(by_reason.values())
     accepted_rows = by_reason.get(None, 0)
     share = accepted_rows / input_rows if input_rows else 0.0
-    if accepted_rows > 0 and share >= min_share:
+    if (accepted_rows > 0 or allow_empty) and share >= min_share:
         return
     rejected = sorted(((k, v) for k, v in by_reason.items() if k), key=lambda kv: str(kv[0]))
     why = "no accepted row" if accepted_rows == 0 else (
@@ -200,7 +213,9 @@ def check_accepted(by_reason: dict[str | None, int], min_share: float) -> None:
     raise JobError(
         f"input rejected ({why}), nothing written: every table keeps its current version. "
         f"input_rows={input_rows} accepted={accepted_rows} quarantined by reason: "
-        + (", ".join(f"{reason}={count}" for reason, count in rejected) or "none (empty input)"),
+        + (", ".join(f"{reason}={count}" for reason, count in rejected) or "none (empty input)")
+        + (f"; other_day={other_day} rows of other days (left to their own day's runs)"
+           if other_day else ""),
         exit_code=EXIT_INPUT_REJECTED,
     )
 
@@ -218,28 +233,43 @@ def replaced_versions(spark_session: SparkSession, root: str) -> dict[str, int]:
 def build_events(
     spark_session: SparkSession, config: EtlConfig, events_input: str, root: str,
     first: str, last: str, files: int, min_accepted_share: float = 0.0,
-    incremental: bool = False,
+    history_start: str | None = None, allow_empty: bool = False,
 ) -> dict[str, int]:
     """Stage 1: raw lines -> events + quarantine for the run's days; checks the accepted share
-    before writing anything and the row invariant after writing. `incremental`: the input's
-    events of earlier days that the `events` table lacks are quarantined as `late_event`.
+    before writing anything and the row invariant after writing. The run owns the input rows
+    attributed to its days (clean.undated_run_date for rows without a day); `history_start`: the
+    first day `events` holds, when before `first`: the input's events of the days from it to
+    `first` that the table lacks are quarantined as `late_event`. The other rows are other days'
+    (`other_day`: counted, left to their own day's runs). `allow_empty`: see check_accepted.
     -> the Delta version of each table that existed before this run (they are being replaced)."""
     started = time.time()
     source = config.source
     lines = spark_session.read.text(events_input)
+    rows_by_day = {
+        row["day"]: row["rows"]
+        for row in clean.input_days(lines, source.format.value, source.behaviors,
+                                    source.start_date, source.end_date,
+                                    source.time_zone).collect()  # one row per day
+    }
+    undated_date = clean.undated_run_date(rows_by_day, last, source.end_date)
+    owned_rows = sum(rows for day, rows in rows_by_day.items()
+                     if first <= (day or undated_date) <= last)
     cleaned = clean.clean(lines, source.format.value, source.behaviors, source.start_date,
-                          source.end_date, source.time_zone)
+                          source.end_date, source.time_zone, undated_date)
     marked = cleaned.transform(clean.for_run_dates, first, last)
-    if incremental:
+    if history_start is not None and history_start < first:
+        built = built_events(spark_session, root, first)
         marked = marked.unionByName(
-            cleaned.transform(clean.late_events, built_events(spark_session, root, first), first))
+            cleaned.transform(clean.late_events, built, first, history_start))
     marked = marked.persist()
     by_reason = {
         row["reason"]: row["count"]
-        for row in marked.groupBy("reason").count().collect()  # <= 10 rows
+        for row in marked.groupBy("reason").count().collect()  # <= 11 rows
     }
+    input_rows = sum(rows_by_day.values())
+    run_rows = owned_rows + by_reason.get("late_event", 0)
     try:
-        check_accepted(by_reason, min_accepted_share)
+        check_accepted(by_reason, min_accepted_share, input_rows - run_rows, allow_empty)
     except JobError:
         marked.unpersist()
         raise
@@ -254,20 +284,96 @@ def build_events(
                       f"run_date >= '{first}' AND run_date <= '{last}'", 1, ("raw", "reason"),
                       merge_schema=True)
     marked.unpersist()
-    input_rows = sum(by_reason.values())
-    accepted_rows = spark.read_delta(spark_session, f"{root}/events").where(
-        F.col("date").between(first, last)).count()
+    written = {
+        row["date"]: row["count"]
+        for row in spark.read_delta(spark_session, f"{root}/events").where(
+            F.col("date").between(first, last)).groupBy("date").count().collect()  # per day
+    }
+    record_empty_days(spark_session, root, first, last, set(written))
+    accepted_rows = sum(written.values())
     quarantined_rows = spark.read_delta(spark_session, f"{root}/quarantine").where(
         F.col("run_date").between(first, last)).count()
+    other_day = input_rows - run_rows
     reasons = {k: v for k, v in sorted(by_reason.items(), key=lambda kv: str(kv[0])) if k}
     stage("clean", started, input_rows=input_rows, accepted=accepted_rows,
-          quarantined=quarantined_rows, **reasons)
-    if input_rows != accepted_rows + quarantined_rows:
+          quarantined=quarantined_rows, other_day=other_day, **reasons)
+    if other_day:
+        others = sorted((day or f"none (-> {undated_date})", rows)
+                        for day, rows in rows_by_day.items()
+                        if not first <= (day or undated_date) <= last)
+        log.info("other_day: rows of other days, left to their own day's runs (late_event rows "
+                 "excepted), by day: %s", ", ".join(f"{day}={rows}" for day, rows in others))
+    if input_rows != accepted_rows + quarantined_rows + other_day:
         raise JobError(
             f"row invariant broken: input {input_rows} != accepted {accepted_rows} + "
-            f"quarantined {quarantined_rows}", exit_code=EXIT_COUNTS,
+            f"quarantined {quarantined_rows} + other_day {other_day}", exit_code=EXIT_COUNTS,
         )
     return previous
+
+
+def days_between(first: str, last: str) -> list[str]:
+    """Every day from `first` to `last`, both included (yyyy-MM-dd)."""
+    start = date.fromisoformat(first)
+    return [(start + timedelta(days=offset)).isoformat()
+            for offset in range((date.fromisoformat(last) - start).days + 1)]
+
+
+def empty_days(spark_session: SparkSession, root: str) -> set[str]:
+    """The built days without events, as recorded by record_empty_days."""
+    from delta.tables import DeltaTable
+
+    path = f"{root}/events"
+    if not DeltaTable.isDeltaTable(spark_session, path):
+        return set()
+    properties = DeltaTable.forPath(spark_session, path).detail().first()["properties"] or {}
+    return set(filter(None, properties.get(EMPTY_DAYS_PROPERTY, "").split(",")))
+
+
+def record_empty_days(
+    spark_session: SparkSession, root: str, first: str, last: str, written: set[str]
+) -> None:
+    """Record the days of [first, last] without events (`written`: those with events) in the
+    `events` table's EMPTY_DAYS_PROPERTY; a commit only when the set changes."""
+    recorded = empty_days(spark_session, root)
+    run_days = days_between(first, last)
+    updated = (recorded - set(run_days)) | {day for day in run_days if day not in written}
+    if updated != recorded:
+        spark_session.sql(f"ALTER TABLE delta.`{root}/events` SET TBLPROPERTIES "
+                          f"('{EMPTY_DAYS_PROPERTY}' = '{','.join(sorted(updated))}')")
+
+
+def built_days(spark_session: SparkSession, root: str) -> list[str]:
+    """The days built so far, sorted: those `events` holds and the recorded empty days."""
+    path = f"{root}/events"
+    if spark.table_version(spark_session, path) is None:
+        return []
+    dates = {row["date"] for row in
+             spark.read_delta(spark_session, path).select("date").distinct().collect()}
+    return sorted(dates | empty_days(spark_session, root))
+
+
+def missing_days(built: list[str], day: str) -> list[str]:
+    """The days between the first of `built` and the day before `day` that are not built."""
+    earlier = {built_day for built_day in built if built_day < day}
+    if not earlier:
+        return []
+    return [d for d in days_between(min(earlier), previous_day(day)) if d not in earlier]
+
+
+def check_history(built: list[str], day: str) -> None:
+    """A day run reads its history from `events`: refuse it when an earlier day is missing."""
+    missing = missing_days(built, day)
+    if not missing:
+        return
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10
+                                       else "")
+    raise JobError(
+        f"--date {day}: the events table lacks {len(missing)} day"
+        f"{'s' if len(missing) > 1 else ''} between its first day {built[0]} and "
+        f"{previous_day(day)}: {shown}; day {day}'s timelines and profiles would miss their "
+        f"events, nothing written. Build them first, in order (--date {missing[0]}, then each "
+        f"later day up to {day}), or run a full build (no --date, --end-date {day}); a day that "
+        "has no event at all is built empty with --date DAY --min-accepted-share 0")
 
 
 def built_events(spark_session: SparkSession, root: str, before: str) -> DataFrame:
@@ -283,6 +389,9 @@ def built_events(spark_session: SparkSession, root: str, before: str) -> DataFra
 def read_demographics(
     spark_session: SparkSession, profiles_input: str | None
 ) -> tuple[DataFrame | None, tuple[str, ...]]:
+    """The demographics (feed: profiles.csv) as (user_id, one int column per field), fields
+    sorted; a JobError (exit 4, nothing written yet) when a user_id is on more than one row:
+    the samples' left join would duplicate every sample of that user."""
     if profiles_input is None:
         return None, ()
     table = spark_session.read.option("header", True).csv(profiles_input)
@@ -293,6 +402,15 @@ def read_demographics(
         F.col("user_id").try_cast("long").alias("user_id"),
         *[F.greatest(F.col(name).try_cast("int"), F.lit(0)).alias(name) for name in fields],
     ).where(F.col("user_id").isNotNull())
+    repeated = typed.groupBy("user_id").count().where(F.col("count") > 1)
+    examples = repeated.orderBy("user_id").limit(5).collect()
+    if examples:
+        users = repeated.count()
+        raise JobError(
+            f"input rejected, nothing written: {users} user_id on more than one row of "
+            f"{profiles_input} (each would duplicate every sample of the user), e.g. "
+            + ", ".join(f"{row['user_id']} ({row['count']} rows)" for row in examples)
+            + ": keep one row per user", exit_code=EXIT_INPUT_REJECTED)
     return typed, fields
 
 
@@ -590,9 +708,15 @@ def run(args: argparse.Namespace) -> FeatureSpec:
         # Checked before anything is written: without the state of D - 1 nothing changes.
         prior_version = (prior_state_version(session, config, root, first)
                          if args.incremental else None)
-        previous = build_events(session, config, events_input, root, first, last,
-                                args.files_per_day, args.min_accepted_share, args.incremental)
+        built = built_days(session, root)
+        if args.date is not None:
+            check_history(built, first)
         demographics, fields = read_demographics(session, profiles_input)
+        continues = any(day < first for day in built)  # an empty day continues a history
+        previous = build_events(
+            session, config, events_input, root, first, last, args.files_per_day,
+            args.min_accepted_share, built[0] if built else None,
+            allow_empty=args.date is not None and args.min_accepted_share == 0 and continues)
         prior = read_state(session, root, prior_version) if args.incremental else None
         build_samples(session, config, root, first, last, demographics, fields,
                       args.files_per_day, prior)

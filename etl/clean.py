@@ -3,7 +3,8 @@
     lines (value: string)
       .transform(parse_taobao | parse_feed)     -> PARSED: raw, user_id, item_id, category_id,
                                                    behavior, ts, watch_time, reason
-      .transform(assign_dates, start, end, tz)  -> + date (event day), run_date (attribution)
+      .transform(assign_dates, start, end, tz,  -> + date (event day), run_date (attribution;
+                 undated_date)                     undated_run_date: rows without a day)
       .transform(mark_duplicates)               -> exact duplicate events get reason "duplicate"
     accepted(...)    -> EVENTS: user_id, item_id, category_id, behavior, ts, watch_time, date
     quarantined(...) -> QUARANTINE: raw, raw_encoding, reason, run_date
@@ -13,22 +14,25 @@ UTF-8, checked first: binary input), `malformed_line` (wrong number of fields),
 `null_id` (an empty id or timestamp field), `non_numeric` (a field that is not a number),
 `negative_id`, `unknown_behavior`, `bad_watch_time`, `timestamp_out_of_range` (outside the
 configured days), `duplicate` (the same canonical event again; the first copy is kept),
-`late_event` (incremental runs: an event of an earlier day that day's build did not have,
-`late_events`).
+`late_event` (`--date` runs: an event of an earlier built day that that day's build did not
+have, `late_events`).
 
 `raw` is the line as text (`raw_encoding` "utf8"), or for an `invalid_utf8` line its exact bytes
 in base64 (`raw_encoding` "base64"): Parquet strings must be valid UTF-8, and readers such as
 pyarrow/delta-rs refuse anything else, so undecodable bytes are never stored as a string.
 
 `run_date` attributes a row to the run that owns it: its event day when the timestamp parses and
-lies in the range, otherwise the range's last day (the run that has seen the whole log). So a
-`--date D` run handles exactly the rows attributed to D, and the union of day-by-day runs equals
-one full run. Built-in Spark SQL functions only (no Python UDFs).
+lies in the range; otherwise (no usable day) the input's main day, `undated_run_date`: the day
+holding more than half of the input's dated rows (a day's delivery), else the range's last day
+(a log of many days: the run that has seen all of it). So a `--date D` run handles exactly the
+rows attributed to D, the union of day-by-day runs over one log equals one full run over it, and
+a day's delivery owns its own bad lines. `input_days` counts the rows per day for that choice
+(and for the job's reconciliation). Built-in Spark SQL functions only (no Python UDFs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -133,8 +137,44 @@ def event_date(ts: Column, time_zone: str) -> Column:
     return F.when(ts.between(0, MAX_PLAUSIBLE_TS), F.date_format(local, "yyyy-MM-dd"))
 
 
-def assign_dates(parsed: DataFrame, start_date: str, end_date: str, time_zone: str) -> DataFrame:
-    """PARSED -> + `date` (event day or null) and `run_date`; out-of-range rows get a reason."""
+def parse(lines: DataFrame, source_format: str, behaviors: Sequence[str]) -> DataFrame:
+    """Lines -> PARSED, by source format."""
+    return parse_taobao(lines, behaviors) if source_format == "taobao" else parse_feed(lines)
+
+
+def input_days(
+    lines: DataFrame, source_format: str, behaviors: Sequence[str], start_date: str,
+    end_date: str, time_zone: str,
+) -> DataFrame:
+    """Lines -> (day, rows): the input rows per event day in the range; `day` null for the rows
+    without a usable day (no timestamp that parses and lies in the range). One row per day."""
+    day = event_date(F.col("ts"), time_zone)
+    return (
+        parse(lines, source_format, behaviors)
+        .select(F.when(day.between(start_date, end_date), day).alias("day"))
+        .groupBy("day").agg(F.count(F.lit(1)).alias("rows"))
+    )
+
+
+def undated_run_date(rows_by_day: Mapping[str | None, int], run_last: str, end_date: str) -> str:
+    """The run that owns an input's rows without a usable day (`input_days`; None = no day):
+    the day holding more than half of the dated rows (the input is that day's delivery, maybe
+    with a few early or late rows), else the range's last day `end_date` (a log of many days:
+    every day's run reads it, the last one has seen all of it), or the run's own last day
+    `run_last` when no row is dated. The same input gives the same owner in every run."""
+    dated = {day: rows for day, rows in rows_by_day.items() if day is not None}
+    if not dated:
+        return run_last
+    main = max(dated, key=lambda day: (dated[day], day))
+    return main if 2 * dated[main] > sum(dated.values()) else end_date
+
+
+def assign_dates(
+    parsed: DataFrame, start_date: str, end_date: str, time_zone: str,
+    undated_date: str | None = None,
+) -> DataFrame:
+    """PARSED -> + `date` (event day or null) and `run_date`; out-of-range rows get a reason.
+    `undated_date`: the run_date of rows without a usable day (default `end_date`)."""
     in_range = F.col("_day").between(start_date, end_date)
     return (
         parsed.withColumn("_day", event_date(F.col("ts"), time_zone))
@@ -145,7 +185,8 @@ def assign_dates(parsed: DataFrame, start_date: str, end_date: str, time_zone: s
                 F.lit("timestamp_out_of_range"),
             ).otherwise(F.col("reason")),
         )
-        .withColumn("run_date", F.when(in_range, F.col("_day")).otherwise(F.lit(end_date)))
+        .withColumn("run_date", F.when(in_range, F.col("_day"))
+                    .otherwise(F.lit(undated_date or end_date)))
         .withColumn("date", F.when(F.col("reason").isNull(), F.col("_day")))
         .drop("_day")
     )
@@ -196,12 +237,14 @@ def quarantined(marked: DataFrame) -> DataFrame:
     )
 
 
-def late_events(marked: DataFrame, events: DataFrame, run_date: str) -> DataFrame:
-    """Rows of a day before `run_date` that would be accepted but that EVENTS (the days already
-    built) does not hold: reason `late_event`, attributed to `run_date` (an incremental run of
-    `run_date` cannot add them to their day; docs/etl.md says how to reprocess). Rows EVENTS
-    holds belong to their own day's run and are left out."""
-    earlier = marked.where(F.col("reason").isNull() & (F.col("run_date") < run_date))
+def late_events(marked: DataFrame, events: DataFrame, run_date: str, since: str) -> DataFrame:
+    """Rows of a day in [since, run_date) (the days already built: `since` is the first) that
+    would be accepted but that EVENTS does not hold: reason `late_event`, attributed to
+    `run_date` (a run of `run_date` cannot add them to their day; docs/etl.md says how to
+    reprocess). Rows EVENTS holds belong to their own day's run and are left out, as are rows of
+    days before `since` (before the history the tables hold)."""
+    earlier = marked.where(F.col("reason").isNull() & (F.col("run_date") >= since)
+                           & (F.col("run_date") < run_date))
     built = events.select(*[F.col(name).alias(f"_built_{name}") for name in EVENT_COLUMNS])
     same = [F.col(name).eqNullSafe(F.col(f"_built_{name}")) for name in EVENT_COLUMNS]
     return (
@@ -223,9 +266,13 @@ def clean(
     start_date: str,
     end_date: str,
     time_zone: str,
+    undated_date: str | None = None,
 ) -> DataFrame:
-    """Lines -> marked rows (every input row once, `reason` null for accepted events)."""
-    parsed = parse_taobao(lines, behaviors) if source_format == "taobao" else parse_feed(lines)
-    return parsed.transform(assign_dates, start_date, end_date, time_zone).transform(
-        mark_duplicates
+    """Lines -> marked rows (every input row once, `reason` null for accepted events).
+    `undated_date`: the run_date of rows without a usable day (`undated_run_date`; default the
+    range's last day)."""
+    return (
+        parse(lines, source_format, behaviors)
+        .transform(assign_dates, start_date, end_date, time_zone, undated_date)
+        .transform(mark_duplicates)
     )

@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from contract.feature_spec import FeatureSpec
-from etl import build_sequences, synthetic
+from etl import build_sequences, clean, synthetic
 from tests.trainer.conftest import torchrun
 
 pytestmark = pytest.mark.spark
@@ -204,3 +204,22 @@ def test_feed_tables_train_a_two_process_cain(feed_build, tmp_path):
     assert metrics["n_test"] == spec.splits["test"].samples
     assert metrics["steps"] == 4 and math.isfinite(metrics["logloss"])
     assert 0.0 <= metrics["auc"] <= 1.0
+
+
+def test_a_user_twice_in_the_demographics_is_refused_before_anything_is_written(
+    spark, tmp_path, caplog
+):
+    """A second profile row of user 2 would duplicate every sample of user 2 (the left join)."""
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    start = 1709481600 + 3600  # 2024-03-04 01:00 China time
+    events = [f"{user},{10 * user + k},{user},{k % 2},{start + 60 * user + k},{2.0 * (k % 2)}"
+              for user in (1, 2, 3) for k in range(4)]
+    (feed / "events.csv").write_text("\n".join([clean.FEED_HEADER, *events]) + "\n")
+    (feed / "profiles.csv").write_text("user_id,age_bucket,gender\n1,2,1\n2,3,0\n3,1,1\n2,4,1\n")
+    code = build_sequences.main(["--source", "feed", "--input", str(feed), "--output",
+                                 str(tmp_path / "root"), "--start-date", DAYS[0], "--end-date",
+                                 DAYS[-1], "--files-per-day", "1"])
+    assert code == build_sequences.EXIT_INPUT_REJECTED
+    assert "1 user_id on more than one row of" in caplog.text and "2 (2 rows)" in caplog.text
+    assert not (tmp_path / "root" / "events").exists()
