@@ -259,8 +259,9 @@ def build_events(
     marked = cleaned.transform(clean.for_run_dates, first, last)
     if history_start is not None and history_start < first:
         built = built_events(spark_session, root, first)
+        reported = reported_late_events(spark_session, root, first)
         marked = marked.unionByName(
-            cleaned.transform(clean.late_events, built, first, history_start))
+            cleaned.transform(clean.late_events, built, first, history_start, reported))
     marked = marked.persist()
     by_reason = {
         row["reason"]: row["count"]
@@ -384,6 +385,15 @@ def built_events(spark_session: SparkSession, root: str, before: str) -> DataFra
             f"{name} {kind}" for name, kind in zip(clean.EVENT_COLUMNS, (
                 "bigint", "bigint", "bigint", "int", "bigint", "float", "string"), strict=True)))
     return spark.read_delta(spark_session, path).where(F.col("date") < before)
+
+
+def reported_late_events(spark_session: SparkSession, root: str, before: str) -> DataFrame:
+    """The `quarantine` rows of runs before `before` with reason late_event (raw only)."""
+    path = f"{root}/quarantine"
+    if spark.table_version(spark_session, path) is None:
+        return spark_session.createDataFrame([], "raw string")
+    return spark.read_delta(spark_session, path).where(
+        (F.col("reason") == "late_event") & (F.col("run_date") < before)).select("raw")
 
 
 def read_demographics(

@@ -237,18 +237,24 @@ def quarantined(marked: DataFrame) -> DataFrame:
     )
 
 
-def late_events(marked: DataFrame, events: DataFrame, run_date: str, since: str) -> DataFrame:
+def late_events(
+    marked: DataFrame, events: DataFrame, run_date: str, since: str, reported: DataFrame
+) -> DataFrame:
     """Rows of a day in [since, run_date) (the days already built: `since` is the first) that
     would be accepted but that EVENTS does not hold: reason `late_event`, attributed to
     `run_date` (a run of `run_date` cannot add them to their day; docs/etl.md says how to
     reprocess). Rows EVENTS holds belong to their own day's run and are left out, as are rows of
-    days before `since` (before the history the tables hold)."""
+    days before `since` (before the history the tables hold) and rows an earlier run already
+    quarantined as late (`reported`: their `raw`), so a log re-read every day reports a late row
+    once, not once a day."""
     earlier = marked.where(F.col("reason").isNull() & (F.col("run_date") >= since)
                            & (F.col("run_date") < run_date))
     built = events.select(*[F.col(name).alias(f"_built_{name}") for name in EVENT_COLUMNS])
     same = [F.col(name).eqNullSafe(F.col(f"_built_{name}")) for name in EVENT_COLUMNS]
+    known = reported.select(F.col("raw").alias("_reported_raw")).distinct()
     return (
         earlier.join(built, same, "left_anti")
+        .join(known, F.col("raw") == F.col("_reported_raw"), "left_anti")
         .withColumn("reason", F.lit("late_event"))
         .withColumn("run_date", F.lit(run_date))
     )

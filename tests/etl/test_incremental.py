@@ -3,6 +3,7 @@ per-user state as of the day before give exactly the rows of a build from the wh
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,13 @@ def test_late_events_are_quarantined_and_a_rebuild_from_their_day_recovers_them(
     full_quarantine = [q for q in table(full_build, "quarantine") if q["run_date"] in DAYS[:2]]
     assert len(table(root, "events")) == len(full_events) - len(held_out)
     assert len(table(root, "quarantine")) == len(full_quarantine) + len(held_out)
+    # The next day re-reads the same log (on a copy): the late rows are reported once, under
+    # day 2 only, not again under day 3.
+    later = shutil.copytree(root, tmp_path / "later")
+    assert build_sequences.main(build_cli(raw_log, later, "--date", DAYS[2], "--incremental")) == 0
+    late = [row for row in table(later, "quarantine") if row["reason"] == "late_event"]
+    assert sorted(row["raw"] for row in late) == sorted(held_out)
+    assert {row["run_date"] for row in late} == {DAYS[1]}
     # Reprocess: rebuild the late events' day, then the days after it in order.
     assert build_sequences.main(build_cli(raw_log, root, "--date", DAYS[0])) == 0
     assert build_sequences.main(build_cli(raw_log, root, "--date", DAYS[1], "--incremental")) == 0
