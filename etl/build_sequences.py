@@ -489,21 +489,29 @@ def previous_day(day: str) -> str:
     return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
 
+# Delta operations that rewrite files but no row: the state they leave is the one before them.
+MAINTENANCE_OPERATIONS = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
+                          "UNSET TBLPROPERTIES", "REORG")
+
+
 def state_history(spark_session: SparkSession, path: str) -> list[tuple[int, dict]]:
-    """(version, the userMetadata of its commit: as_of, source, max_len; {} for another commit)
-    of the `state` table, newest first; [] when there is no table."""
+    """(version, the userMetadata of its commit: as_of, source, max_len; {"as_of":
+    state.MAINTENANCE} for an OPTIMIZE, VACUUM, ... commit; {} for another commit) of the
+    `state` table, newest first; [] when there is no table."""
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark_session, path):
         return []
     rows = DeltaTable.forPath(spark_session, path).history().select(
-        "version", "userMetadata").collect()  # one row per commit
+        "version", "userMetadata", "operation").collect()  # one row per commit
     history = []
     for row in sorted(rows, key=lambda r: -r["version"]):
         try:
             metadata = json.loads(row["userMetadata"] or "{}")
         except ValueError:
             metadata = {}
+        if not metadata and row["operation"] in MAINTENANCE_OPERATIONS:
+            metadata = {"as_of": state.MAINTENANCE}
         history.append((int(row["version"]), metadata if isinstance(metadata, dict) else {}))
     return history
 
@@ -523,9 +531,12 @@ def prior_state_version(
         return None
     before = previous_day(day)
     history = state_history(spark_session, f"{root}/{STATE_TABLE}")
-    version = state.version_as_of([(v, m.get("as_of")) for v, m in history], before)
+    days = [(v, m.get("as_of")) for v, m in history]
+    version = state.version_as_of(days, before)
     if version is None:
-        latest = history[0][1].get("as_of") if history else None
+        latest = next((day for _, day in days if day != state.MAINTENANCE), None)
+        if latest is None and history:
+            latest = "unknown (a commit that is not this job's changed the table)"
         raise JobError(
             f"--incremental --date {day} needs the state as of {before}, but "
             + (f"the newest state of {root}/{STATE_TABLE} is as of {latest}" if history else
@@ -541,7 +552,7 @@ def prior_state_version(
             f"the state as of {before} was built with other settings ("
             + ", ".join(f"{key} {found.get(key)} != {expected[key]}" for key in changed)
             + "): run a full build (no --date) or a --date run without --incremental first")
-    return version
+    return state.readable_version(days, version)
 
 
 def read_state(spark_session: SparkSession, root: str, version: int | None) -> DataFrame:

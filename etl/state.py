@@ -6,6 +6,7 @@
     samples_with_prior(DAY_EVENTS, STATE, pools, spec, partitions) -> SAMPLES (as protocols.samples)
     advance(DAY_EVENTS, STATE, spec, partitions) -> STATE rows of the day's users, day included
     version_as_of(history, day) -> the `state` table version holding the state as of `day`
+    readable_version(history, version) -> the newest version with its rows (after OPTIMIZE...)
 
 The state of user u as of the end of day D (one row per user, the `state` Delta table):
 
@@ -336,15 +337,36 @@ def build(events: DataFrame, spec: SampleSpec, partitions: int) -> DataFrame:
     return by_user.mapInArrow(partial(_fold_batches, spec=spec, with_prior=False), STATE_DDL)
 
 
+# The as_of of a commit that rewrites files but no row (OPTIMIZE, VACUUM, table properties).
+MAINTENANCE = "maintenance"
+
+
 def version_as_of(history: list[tuple[int, str | None]], day: str) -> int | None:
     """The newest `state` table version holding the state as of the end of `day`, or None.
 
-    history: (version, as_of day of its commit) newest first. A version newer than the one found
-    with an earlier as_of (a rebuild of an earlier day) makes it stale: None.
+    history: (version, as_of day of its commit) newest first; as_of None for a commit that is
+    not ours (it may have changed rows), MAINTENANCE for one that changed no row (skipped). A
+    version newer than the one found with an earlier as_of (a rebuild of an earlier day) or of
+    unknown content makes it stale: None.
     """
     for version, as_of in history:
+        if as_of == MAINTENANCE:
+            continue
         if as_of == day:
             return version
         if as_of is None or as_of < day:
             return None
     return None
+
+
+def readable_version(history: list[tuple[int, str | None]], version: int) -> int:
+    """The newest version with the same rows as `version`: the maintenance commits directly
+    after it (after an OPTIMIZE and a VACUUM, `version`'s own files may be gone)."""
+    newest = version
+    for later, as_of in reversed(history):  # oldest first
+        if later <= version:
+            continue
+        if as_of != MAINTENANCE:
+            break
+        newest = later
+    return newest

@@ -110,6 +110,19 @@ def test_the_state_version_of_a_day_is_the_newest_not_superseded_by_an_earlier_d
     assert state.version_as_of([], DAYS[0]) is None
 
 
+def test_maintenance_commits_keep_the_state_of_the_day_and_are_where_to_read_it():
+    """An OPTIMIZE or VACUUM of `state` (a maintenance job, auto-optimize) rewrites files but no
+    row: the state as of the day is still there, read at the newest such commit (the older
+    version's files may be vacuumed)."""
+    maintenance = state.MAINTENANCE
+    history = [(9, maintenance), (8, maintenance), (7, DAYS[1]), (6, maintenance), (5, DAYS[0])]
+    assert state.version_as_of(history, DAYS[1]) == 7
+    assert state.readable_version(history, 7) == 9
+    assert state.version_as_of(history, DAYS[0]) == 5
+    assert state.readable_version(history, 5) == 6  # 7 holds other rows
+    assert state.version_as_of([(8, maintenance), (7, None), (6, DAYS[1])], DAYS[1]) is None
+
+
 # -- Spark: the whole job ---------------------------------------------------------------
 
 @pytest.mark.spark
@@ -127,6 +140,25 @@ def test_day_by_day_incremental_builds_equal_the_full_build(
     operations = DeltaTable(str(tmp_path / "state")).history()
     assert [entry["operation"] for entry in operations][::-1] == [
         "WRITE", "MERGE", "MERGE", "WRITE"]
+
+
+@pytest.mark.spark
+def test_maintenance_on_the_state_table_does_not_break_the_daily_chain(
+    spark, full_build, raw_log, build_cli, tmp_path
+):
+    """OPTIMIZE and a table property set on `state` between two days (commits without this job's
+    metadata) used to stop the next --incremental run ("the newest state is as of None")."""
+    assert build_sequences.main(build_cli(raw_log, tmp_path, "--date", DAYS[0])) == 0
+    path = tmp_path / "state"
+    spark.sql(f"OPTIMIZE delta.`{path}`")
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.logRetentionDuration' = "
+              "'interval 60 days')")
+    newest = DeltaTable(str(path)).history(1)[0]
+    assert newest["operation"] == "SET TBLPROPERTIES" and not newest.get("userMetadata")
+    code = build_sequences.main(build_cli(raw_log, tmp_path, "--date", DAYS[1], "--incremental"))
+    assert code == 0
+    for name in ("events", "samples", "profiles"):
+        assert canonical(tmp_path, name) == canonical(full_build, name, DAYS[:2]), name
 
 
 @pytest.mark.spark
