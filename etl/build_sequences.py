@@ -729,9 +729,9 @@ def run(args: argparse.Namespace) -> FeatureSpec:
         # Checked before anything is written: without the state of D - 1 nothing changes.
         prior_version = (prior_state_version(session, config, root, first)
                          if args.incremental else None)
-        built = built_days(session, root)
-        if args.date is not None:
-            check_history(built, first)
+        # A full build replaces the whole range: only a day run reads an earlier history.
+        built = built_days(session, root) if args.date is not None else []
+        check_history(built, first)
         demographics, fields = read_demographics(session, profiles_input)
         continues = any(day < first for day in built)  # an empty day continues a history
         previous = build_events(
