@@ -667,7 +667,10 @@ def main(argv: list[str] | None = None) -> None:
         succeeded = True
     except (*CHECKED_ERRORS, checkpoint.CheckpointError) as error:
         rank = os.environ.get("RANK", "0")
-        print(f"error (rank {rank}): {error}", file=sys.stderr, flush=True)
+        # One write with its newline: the ranks share stderr, and print's two writes (text,
+        # then newline) let another rank's line land in between.
+        sys.stderr.write(f"error (rank {rank}): {error}\n")
+        sys.stderr.flush()
         sys.exit(RUN_ERROR)
     finally:
         shutdown_process_group(succeeded=succeeded)
