@@ -268,9 +268,9 @@ def build_events(
         for row in marked.groupBy("reason").count().collect()  # <= 11 rows
     }
     input_rows = sum(rows_by_day.values())
-    run_rows = owned_rows + by_reason.get("late_event", 0)
+    other_day = input_rows - owned_rows - by_reason.get("late_event", 0)
     try:
-        check_accepted(by_reason, min_accepted_share, input_rows - run_rows, allow_empty)
+        check_accepted(by_reason, min_accepted_share, other_day, allow_empty)
     except JobError:
         marked.unpersist()
         raise
@@ -294,7 +294,6 @@ def build_events(
     accepted_rows = sum(written.values())
     quarantined_rows = spark.read_delta(spark_session, f"{root}/quarantine").where(
         F.col("run_date").between(first, last)).count()
-    other_day = input_rows - run_rows
     reasons = {k: v for k, v in sorted(by_reason.items(), key=lambda kv: str(kv[0])) if k}
     stage("clean", started, input_rows=input_rows, accepted=accepted_rows,
           quarantined=quarantined_rows, other_day=other_day, **reasons)

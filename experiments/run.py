@@ -356,9 +356,10 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
                 failed.append(f"{variant.name}/seed_{seed} (planted metrics)")
                 log(f"{label}: finished earlier; planted metrics FAILED")
                 continue
-            if undefined_metrics(metrics):
-                failed.append(f"{variant.name}/seed_{seed} ({undefined_metrics(metrics)})")
-                log(f"{label}: finished earlier with {undefined_metrics(metrics)}")
+            undefined = undefined_metrics(metrics)
+            if undefined:
+                failed.append(f"{variant.name}/seed_{seed} ({undefined})")
+                log(f"{label}: finished earlier with {undefined}")
                 continue
             runs.append(RunResult(variant.name, seed, metrics))
             log(f"{label}: skipped, finished earlier (auc={metrics['auc']:.4f})")
@@ -390,9 +391,10 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
             failed.append(f"{variant.name}/seed_{seed} (planted metrics)")
             log(f"{label}: planted metrics FAILED ({directory / 'planted_metrics.log'})")
             continue
-        if undefined_metrics(metrics):
-            failed.append(f"{variant.name}/seed_{seed} ({undefined_metrics(metrics)})")
-            log(f"{label}: FAILED, {undefined_metrics(metrics)} in {timing}")
+        undefined = undefined_metrics(metrics)
+        if undefined:
+            failed.append(f"{variant.name}/seed_{seed} ({undefined})")
+            log(f"{label}: FAILED, {undefined} in {timing}")
             continue
         runs.append(RunResult(variant.name, seed, metrics))
         target = f" target_auc={metrics['target_auc']:.4f}" if "target_auc" in metrics else ""

@@ -173,7 +173,8 @@ def check_inputs(config: Config) -> None:
         )
         state = checkpoint.read_state(source)
         identity.check(state, source)
-        if source == own and state.get("samples_digest", table.digest()) != table.digest():
+        digest = table.digest()
+        if source == own and state.get("samples_digest", digest) != digest:
             raise InputError(
                 f"{source} was trained on {state['data_root']} (samples table version "
                 f"{state['samples_table_version']}), not on this data ({table.path}, version "
