@@ -167,7 +167,8 @@ def test_a_diverging_loss_stops_every_rank_with_one_error_each(tiny_data, tmp_pa
     steps = re.findall(r"error \(rank \d\): the training loss is NaN or infinite at step (\d+)",
                        process.stderr)
     assert len(steps) == 2 and steps[0] == steps[1], process.stderr[-3000:]
-    assert process.stderr.count("exitcode  : 3") == 2
+    # torchrun reports the first rank's exit code; it may stop the other before its own exit.
+    assert "exitcode  : 3" in process.stderr
     assert not (tmp_path / "metrics.json").exists()
 
 
