@@ -9,7 +9,8 @@ element by element within a group:
   the day's own events — ascending by (ts, item_id, behavior);
 - `request_*`: one entry per request (one user at one timestamp), ascending by `request_ts`;
   `request_history_end` is the exclusive end of the request's history in the timeline (the number
-  of timeline events with ts < request_ts), so its history is
+  of timeline events with ts < request_ts; with watch times, of the longest timeline prefix whose
+  events all ended, ts + watch_time < request_ts), so its history is
   `timeline[max(0, history_end - max_len) : history_end]`;
 - `candidate_*`: every candidate of every request, request-major;
   `request_num_candidates` says how many belong to each request;

@@ -11,7 +11,8 @@ Broadcast of sampling.DayPools (None for protocols without sampling).
 
 Presets live in conf/data/protocol/ (cain, dare, eta_sdim, ubr4ctr, mimn_sim, feed_click; see
 docs/etl.md). Requests of one user-day share one timeline row; a request's history is the timeline
-prefix with ts < request ts (`request_history_end`), so the target is never in its own history.
+prefix with ts < request ts (`request_history_end`), so the target is never in its own history;
+with watch times, the prefix of events that ended before it (etl/sequences.py).
 
 The work per user runs in numpy (etl/sequences.py) inside an Arrow UDF: the events are
 partitioned by user, sorted by (user, ts, item, behavior, category, watch time) and handed over

@@ -10,7 +10,8 @@ The chunk holds *whole users*: every event of each of its users up to the last d
 
 - timeline = the last `max_len` events of u before D, then u's events of D;
 - requests = D's events chosen by the protocol; `request_history_end` = the number of timeline
-  events with ts < request ts;
+  events with ts < request ts; with watch times (feed logs), only the timeline's longest prefix
+  whose events all *ended* (ts + watch_time) before the request ts (`visible_history_end`);
 - profile = statistics of u's events before D (etl/build_sequences.py names them);
 - candidates = the positive and its negatives from the request's pool (etl/sampling.py), with the
   user's earlier items and the positive excluded, de-duplicated, the first k kept.
@@ -113,6 +114,29 @@ def ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray
     np.cumsum(lengths, out=offsets[1:])
     within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
     return np.repeat(starts, lengths) + within, offsets
+
+
+def visible_history_end(end_ms: np.ndarray, timeline: np.ndarray, timeline_offsets: np.ndarray,
+                        request_ts_ms: np.ndarray, request_group: np.ndarray) -> np.ndarray:
+    """[R] per request: the length of its timeline's longest prefix whose events all end (end_ms,
+    ts + watch_time in ms) before request_ts_ms: an event is visible once it has ended, and a
+    history is a prefix, so an event still running hides every later one too.
+
+    One search over the flat timelines' running maxima of end_ms, each timeline's shifted above the
+    previous one's (exact int64; a timeline's own events only, so a daily build sees what the full
+    build sees). end_ms: [N] per event; timeline [T] / timeline_offsets [G + 1] from `ranges`."""
+    if len(timeline) == 0:
+        return np.zeros(len(request_ts_ms), dtype=np.int64)
+    ends = end_ms[timeline]
+    base = min(int(ends.min()), int(request_ts_ms.min()))
+    span = max(int(ends.max()), int(request_ts_ms.max())) - base + 1
+    groups = len(timeline_offsets) - 1
+    if groups * span >= 1 << 62:
+        raise ValueError(f"{groups} timelines spanning {span} ms overflow the int64 search key")
+    shift = np.repeat(np.arange(groups, dtype=np.int64) * span, np.diff(timeline_offsets))
+    running = np.maximum.accumulate(ends - base + shift)
+    target = request_group.astype(np.int64) * span + (request_ts_ms - base)
+    return np.searchsorted(running, target, side="left") - timeline_offsets[request_group]
 
 
 def run_starts(change: np.ndarray) -> np.ndarray:
@@ -274,7 +298,13 @@ def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
 
     # Timelines.
     timeline, timeline_offsets = ranges(timeline_start, group_end)
-    history_end = (time_start[request] - timeline_start[request_group]).astype(np.int32)
+    history_end = time_start[request] - timeline_start[request_group]
+    if spec.with_watch_time:  # an event is seen once its watch has ended
+        end_ms = chunk.ts * 1000 + np.round(chunk.watch_time.astype(np.float64) * 1000)
+        history_end = np.minimum(history_end, visible_history_end(
+            end_ms.astype(np.int64), timeline, timeline_offsets, chunk.ts[request] * 1000,
+            request_group))
+    history_end = history_end.astype(np.int32)
     request_offsets = np.zeros(len(groups) + 1, dtype=np.int64)
     np.cumsum(np.bincount(request_group, minlength=len(groups)), out=request_offsets[1:])
 

@@ -144,12 +144,18 @@ def _china_date(timestamp: int) -> str:
 
 
 def test_every_impression_is_a_request_with_its_point_in_time_history(feed_build, feed_log):
+    """A request's history is its timeline's longest prefix of events that *ended* before it
+    (timestamp + watch_time < request time): a click's watch time is not known while it runs.
+    Before this rule the history held every earlier impression, watches still running included."""
     spec = FeatureSpec.read(feed_build)
-    events = sorted(_raw_events(feed_log), key=lambda e: (e["user_id"], e["timestamp"]))
+    events = sorted(
+        _raw_events(feed_log),
+        key=lambda e: (e["user_id"], e["timestamp"], e["item_id"], e["click"], e["author_id"]),
+    )
     with (feed_log / "profiles.csv").open() as lines:
         profiles = {int(p["user_id"]): p for p in csv.DictReader(lines)}
     fields = list(spec.demographics)
-    checked = cut = 0
+    checked = cut = running = 0
     for row in _table(feed_build, "samples"):
         mine = [e for e in events if e["user_id"] == row["user_id"]]
         day = [e for e in mine if _china_date(e["timestamp"]) == row["date"]]
@@ -163,19 +169,28 @@ def test_every_impression_is_a_request_with_its_point_in_time_history(feed_build
             row["request_ts"], row["candidate_item_id"], row["candidate_label"], strict=True
         )
         assert Counter(requests) == Counter((e["timestamp"], e["item_id"], e["click"]) for e in day)
+        timeline = [e for e in mine if _china_date(e["timestamp"]) < row["date"]][-MAX_LEN:] + day
         for ts, end in zip(row["request_ts"], row["request_history_end"], strict=True):
-            earlier = [e for e in mine if e["timestamp"] < ts][-MAX_LEN:]
+            earlier = [e for e in timeline if e["timestamp"] < ts]
+            ended = next(
+                (i for i, e in enumerate(earlier) if e["timestamp"] + e["watch_time"] >= ts),
+                len(earlier),
+            )
+            running += ended < len(earlier)
+            assert end == ended
+            history = earlier[:ended][-MAX_LEN:]
             start = max(0, end - MAX_LEN)
-            assert row["timeline_ts"][start:end] == [e["timestamp"] for e in earlier]
-            assert row["timeline_item_id"][start:end] == [e["item_id"] for e in earlier]
-            assert row["timeline_category_id"][start:end] == [e["author_id"] for e in earlier]
-            assert row["timeline_behavior"][start:end] == [e["click"] + 1 for e in earlier]
+            assert row["timeline_ts"][start:end] == [e["timestamp"] for e in history]
+            assert row["timeline_item_id"][start:end] == [e["item_id"] for e in history]
+            assert row["timeline_category_id"][start:end] == [e["author_id"] for e in history]
+            assert row["timeline_behavior"][start:end] == [e["click"] + 1 for e in history]
             assert row["timeline_watch_time"][start:end] == pytest.approx(
-                [e["watch_time"] for e in earlier]
+                [e["watch_time"] for e in history]
             )
             checked += 1
             cut += end > MAX_LEN
     assert checked == sum(stats.requests for stats in spec.splits.values())
+    assert running > 10  # the log has requests that arrive while an earlier watch runs
     assert checked > 250 and cut > 0  # some histories are longer than max_len
 
 

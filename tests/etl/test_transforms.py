@@ -25,20 +25,22 @@ def events(spark, *rows):
 
 
 def chunk(*rows) -> EventChunk:
-    """Events (user, item, category, behavior, ts, date), sorted as the Arrow UDF gets them."""
+    """Events (user, item, category, behavior, ts, date[, watch_time]), sorted as the Arrow UDF
+    gets them."""
     rows = sorted(rows, key=lambda r: (r[0], r[4], r[1], r[3], r[2]))
-    columns = list(zip(*rows, strict=True))
+    columns = list(zip(*[(*row, 0.0)[:7] for row in rows], strict=True))
     return EventChunk(np.array(columns[0]), np.array(columns[1]), np.array(columns[2]),
                       np.array(columns[3], dtype=np.int32), np.array(columns[4]),
-                      np.zeros(len(rows), dtype=np.float32), np.array(columns[5]))
+                      np.array(columns[6], dtype=np.float32), np.array(columns[5]))
 
 
 def spec(first=D1, last=D3, max_len=10, top=3, **protocol) -> SampleSpec:
     values = dict(requests="positive", negatives=0, draws=0, uniform=False,
-                  exclude_history=False, history_fraction=0.0, replace_probability=0.0)
+                  exclude_history=False, history_fraction=0.0, replace_probability=0.0,
+                  with_watch_time=False)
     values.update(protocol)
     return SampleSpec(first_date=first, last_date=last, max_len=max_len, top_categories=top,
-                      behaviors=4, positive_code=1, with_watch_time=False, seed=1, **values)
+                      behaviors=4, positive_code=1, seed=1, **values)
 
 
 def test_timeline_keeps_the_last_max_len_events_before_the_day_then_the_day():
@@ -76,6 +78,24 @@ def test_requests_at_the_same_time_share_a_history_end():
                 (1, 13, 7, 2, 30, D1))
     row = process(log, spec(), None).to_pylist()[0]
     assert row["request_ts"] == [10, 20, 20] and row["request_history_end"] == [0, 1, 1]
+
+
+def test_a_running_watch_hides_itself_and_every_later_event_until_it_ends():
+    """Feed logs: an event is in a request's history once ts + watch_time < request ts, and a
+    history is a timeline prefix, so the watch running 20-50 also hides the event at 25 (which
+    ended at 26); the one running 90-130 (day 1) hides day 1's end from day 2's first request."""
+    log = chunk((1, 10, 7, 1, 10, D1, 5.0), (1, 11, 7, 2, 20, D1, 30.0), (1, 12, 7, 1, 25, D1, 1.0),
+                (1, 13, 7, 1, 35, D1), (1, 14, 7, 1, 50, D1), (1, 15, 7, 1, 51, D1),
+                (1, 16, 7, 2, 90, D1, 40.0), (1, 17, 7, 1, 100, D2), (1, 18, 7, 1, 131, D2))
+    rows = {r["date"]: r for r in process(
+        log, spec(requests="all", with_watch_time=True), None).to_pylist()}
+    assert rows[D1]["request_ts"] == [10, 20, 25, 35, 50, 51, 90]
+    # ts < request alone: [0, 1, 2, 3, 4, 5, 6].
+    assert rows[D1]["request_history_end"] == [0, 1, 1, 1, 1, 5, 6]
+    assert rows[D2]["timeline_ts"] == [10, 20, 25, 35, 50, 51, 90, 100, 131]
+    assert rows[D2]["request_history_end"] == [6, 8]
+    taobao = process(log, spec(requests="all"), None).to_pylist()  # no watch times: ts alone
+    assert [r["request_history_end"] for r in taobao] == [[0, 1, 2, 3, 4, 5, 6], [7, 8]]
 
 
 def test_demographics_follow_the_given_field_order(spark):
