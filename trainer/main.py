@@ -173,8 +173,8 @@ def check_inputs(config: Config) -> None:
         )
         state = checkpoint.read_state(source)
         identity.check(state, source)
-        digest = table.digest()
-        if source == own and state.get("samples_digest", digest) != digest:
+        resumed_digest = state.get("samples_digest") if source == own else None
+        if resumed_digest is not None and resumed_digest != table.digest():
             raise InputError(
                 f"{source} was trained on {state['data_root']} (samples table version "
                 f"{state['samples_table_version']}), not on this data ({table.path}, version "
