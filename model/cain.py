@@ -109,6 +109,7 @@ class CAINConfig(BodyConfig):
         PEGInput.TOP_CATEGORIES,
     )
     peg_hidden_dim: int = 32
+    peg_offset_scale: float = 1.0
     tcn_kernel: TCNKernel = TCNKernel.AUTO
     tcn_bottleneck_dim: int | None = None
     peg_cache_size: int = 0
@@ -152,6 +153,8 @@ class MultiScopeArch(nn.Module):
         num_layers = config.num_layers if self.use_context else 0
         if config.tcn_bottleneck_dim is not None and config.tcn_bottleneck_dim < 1:
             raise ValueError(f"tcn_bottleneck_dim={config.tcn_bottleneck_dim} must be >= 1 or None")
+        if config.peg_offset_scale < 0:
+            raise ValueError(f"peg_offset_scale={config.peg_offset_scale} must be >= 0")
         if config.peg_cache_size < 0:
             raise ValueError(f"peg_cache_size={config.peg_cache_size} must be >= 0")
         self.peg_groups = tuple(
@@ -191,6 +194,7 @@ class MultiScopeArch(nn.Module):
             kernel=config.tcn_kernel,
             bottleneck_dim=config.tcn_bottleneck_dim,
             peg_cache_size=config.peg_cache_size,
+            peg_offset_scale=config.peg_offset_scale,
         )
         # Without a TCN the major attention reads raw keys and values, as the plain baseline does.
         major_value_dim = key_dim if self.use_context else value_dim

@@ -193,6 +193,7 @@ class PersonalizedFilterGenerator(nn.Module):
         hidden_dim: int,
         filter_shape: tuple[int, int, int],
         cache_size: int = 0,
+        offset_scale: float = 1.0,
     ):
         super().__init__()
         self.filter_shape = filter_shape
@@ -203,7 +204,7 @@ class PersonalizedFilterGenerator(nn.Module):
         self.norm = nn.LayerNorm(profile_dim)
         self.hidden = nn.Linear(profile_dim, hidden_dim)
         self.output = nn.Linear(hidden_dim, size)
-        self.output_multiplier = 1.0 / hidden_dim
+        self.output_multiplier = offset_scale / hidden_dim
 
     def reset_output_bias(self) -> None:
         """Start from a Xavier-initialised global filter (the generator's bias) plus a personal
@@ -261,6 +262,8 @@ class TemporalConvolution(nn.Module):
         kernel: how the convolutions are computed (`TCNKernel`).
         bottleneck_dim: None (paper) or b: project Din -> b, convolve b -> b, project b -> Dout.
         peg_cache_size: profiles whose PEG filters the eval-mode cache keeps (0: none).
+        peg_offset_scale: multiplies the personal offset (its size at init and, under Adam, the
+            rate at which it moves); 1 moves it at about a global filter's rate.
     """
 
     def __init__(
@@ -275,6 +278,7 @@ class TemporalConvolution(nn.Module):
         kernel: TCNKernel = TCNKernel.AUTO,
         bottleneck_dim: int | None = None,
         peg_cache_size: int = 0,
+        peg_offset_scale: float = 1.0,
     ) -> None:
         super().__init__()
         width = 2 * context_length + 1
@@ -296,7 +300,11 @@ class TemporalConvolution(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_dim))  # b_c, shared by global and PEG filters
         self.generator = (
             PersonalizedFilterGenerator(
-                profile_dim, peg_hidden_dim, (conv_out, conv_in, width), peg_cache_size
+                profile_dim,
+                peg_hidden_dim,
+                (conv_out, conv_in, width),
+                peg_cache_size,
+                peg_offset_scale,
             )
             if peg_mode is not None
             else None
@@ -352,8 +360,8 @@ class TemporalConvNet(nn.Module):
         context_lengths: cl per layer (its length is the number of layers).
         strides: stride per layer.
         peg_layers: per layer, the PEG mode or None.
-        kernel, bottleneck_dim, peg_cache_size: see `TemporalConvolution` (the same for every
-            layer).
+        kernel, bottleneck_dim, peg_cache_size, peg_offset_scale: see `TemporalConvolution` (the
+            same for every layer).
     """
 
     def __init__(
@@ -368,6 +376,7 @@ class TemporalConvNet(nn.Module):
         kernel: TCNKernel = TCNKernel.AUTO,
         bottleneck_dim: int | None = None,
         peg_cache_size: int = 0,
+        peg_offset_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -382,6 +391,7 @@ class TemporalConvNet(nn.Module):
                 kernel=kernel,
                 bottleneck_dim=bottleneck_dim,
                 peg_cache_size=peg_cache_size,
+                peg_offset_scale=peg_offset_scale,
             )
             for index, context_length in enumerate(context_lengths)
         )

@@ -276,6 +276,27 @@ def test_peg_gives_different_profiles_different_filters():
     assert not torch.allclose(filters[0], filters[1])
 
 
+def test_peg_offset_scale_scales_the_personal_offset_around_the_global_filter():
+    profiles = torch.randn(3, 5)
+    filters = {}
+    for scale in (1.0, 0.1, 0.0):
+        torch.manual_seed(6)
+        layer = TemporalConvolution(
+            3,
+            4,
+            context_length=2,
+            peg_mode=PEGMode.REPLACE,
+            profile_dim=5,
+            peg_hidden_dim=8,
+            peg_offset_scale=scale,
+        )
+        filters[scale] = layer.personal_filters(profiles)
+    global_filter = layer.generator.output.bias.view(4, 3, 5)
+    torch.testing.assert_close(filters[0.0], global_filter.expand(3, -1, -1, -1))
+    torch.testing.assert_close(filters[0.1] - global_filter, 0.1 * (filters[1.0] - global_filter))
+    assert (filters[1.0] - global_filter).abs().amax() > 1e-3
+
+
 def test_peg_replace_equals_convolution_with_generated_weights():
     torch.manual_seed(7)
     layer = TemporalConvolution(
