@@ -32,7 +32,7 @@ from model.batch import Batch
 from trainer.config import SelectionMetric, TrainConfig
 from trainer.distributed import ProcessGroup, all_reduce_sum, any_rank_true
 from trainer.metrics import Metrics, compute_metrics, gather_predictions
-from trainer.optimizers import LearningRates, clip_dense_gradients
+from trainer.optimizers import ClippedSteps, LearningRates
 
 logger = logging.getLogger(__name__)
 # No tqdm monitor thread: a daemon thread that wakes up while the interpreter shuts down is ended
@@ -231,13 +231,21 @@ class ProgressLog:
         self.window_start = time.perf_counter()
         self.window_samples = 0
         self.window_losses: list[float] = []
+        self.window_norms: list[float] = []
 
     def step(
-        self, state: TrainState, loss: float | None, samples: int, lr_factor: float = 1.0
+        self,
+        state: TrainState,
+        loss: float | None,
+        samples: int,
+        lr_factor: float = 1.0,
+        grad_norm: float = 0.0,
     ) -> None:
-        """loss: this rank's mean loss over its samples of the step (None: a filler step)."""
+        """loss: this rank's mean loss over its samples of the step (None: a filler step);
+        grad_norm: the dense gradients' norm before clipping (the same on every rank)."""
         self.bar.update(1)
         self.window_samples += samples
+        self.window_norms.append(grad_norm)
         if loss is not None:
             self.window_losses.append(loss)
         if state.step % self.every:
@@ -246,21 +254,25 @@ class ProgressLog:
         # Local numbers only: a collective here would have to run on every rank in lockstep.
         rate = self.window_samples * self.group.world_size / elapsed
         mean_loss = float(np.mean(self.window_losses)) if self.window_losses else float("nan")
+        mean_norm = float(np.mean(self.window_norms)) if self.window_norms else float("nan")
         if self.group.is_main:
             self.bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_sec=f"{rate:.0f}")
             logger.info(
-                "step %d epoch %d loss %.4f lr x%.3f samples/s %.0f",
+                "step %d epoch %d loss %.4f lr x%.3f grad norm %.3g samples/s %.0f",
                 state.step,
                 state.epoch,
                 mean_loss,
                 lr_factor,
+                mean_norm,
                 rate,
             )
             if self.writer is not None:
                 self.writer.add_scalar("train/loss", mean_loss, state.step)
                 self.writer.add_scalar("train/lr_factor", lr_factor, state.step)
+                self.writer.add_scalar("train/grad_norm", mean_norm, state.step)
                 self.writer.add_scalar("train/samples_per_sec", rate, state.step)
-        self.window_start, self.window_samples, self.window_losses = time.perf_counter(), 0, []
+        self.window_start, self.window_samples = time.perf_counter(), 0
+        self.window_losses, self.window_norms = [], []
 
     def close(self) -> None:
         self.bar.close()
@@ -268,15 +280,13 @@ class ProgressLog:
 
 def train_steps(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
     batches: SynchronizedBatches,
     state: TrainState,
     group: ProcessGroup,
     progress: ProgressLog,
     on_step: Callable[[TrainState], None],
     learning_rates: LearningRates,
-    clip_parameters: list[nn.Parameter],
-    clip_norm: float,
+    clipped: ClippedSteps,
     pipeline=None,
 ) -> bool:
     """Run steps until `batches` stops (-> True) or `on_step` stopped training early (-> False);
@@ -284,9 +294,9 @@ def train_steps(
 
     Each step: set the step's learning rates, zero the gradients (which also hands the fused
     optimizer its rate), forward, backward (the fused optimizer updates the looked-up rows),
-    clip the dense gradients, dense Adam step. pipeline: a TorchRec TrainPipelineSparseDist
-    built on `model` and `optimizer` wrapped in ClippedSteps (it runs forward, backward and the
-    clipped step itself)."""
+    clip the dense gradients, dense Adam step (`clipped`: the optimizer wrapped in ClippedSteps).
+    pipeline: a TorchRec TrainPipelineSparseDist built on `model` and `clipped` (it runs forward,
+    backward and the clipped step itself)."""
     model.train()
     while True:
         factor = learning_rates.apply(state.step + 1)
@@ -300,11 +310,10 @@ def train_steps(
                 batch = next(batches)
             except StopIteration:
                 return True
-            optimizer.zero_grad()
+            clipped.zero_grad()
             loss, _ = model(batch.to(group.device, non_blocking=True))
             loss.backward()
-            clip_dense_gradients(clip_parameters, clip_norm)
-            optimizer.step()
+            clipped.step()
         samples, weight = batches.pending.popleft()
         state.step += 1
         state.batches_in_epoch += 1
@@ -313,7 +322,7 @@ def train_steps(
         local_mean = float(loss.detach()) / (samples * weight) if samples else None
         if local_mean is not None and not math.isfinite(local_mean):
             batches.nonfinite_step = batches.nonfinite_step or state.step
-        progress.step(state, local_mean, samples, factor)
+        progress.step(state, local_mean, samples, factor, clipped.norm)
         on_step(state)
         if state.stopped_early:  # decided on every rank alike (gathered validation metrics)
             return False

@@ -439,24 +439,22 @@ def fit(
             pin_memory=pin,
         )
         batches = SynchronizedBatches(prefetcher, group, data.builder.filler(), limit=remaining)
+        clipped = ClippedSteps(model.optimizer, clip_parameters, config.train.grad_clip_norm)
         pipeline = None
         if config.train.pipeline:  # one per epoch: it remembers that its data ran out
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-            clipped = ClippedSteps(model.optimizer, clip_parameters, config.train.grad_clip_norm)
             pipeline = TrainPipelineSparseDist(model.module, clipped, group.device)
         with _autocast(config, group):
             ran_out = train_steps(
                 model.module,
-                model.optimizer,
                 batches,
                 state,
                 group,
                 progress,
                 on_step,
                 model.learning_rates,
-                clip_parameters,
-                config.train.grad_clip_norm,
+                clipped,
                 pipeline,
             )
         if pipeline is not None:  # restore the sharded module's own forward for evaluation

@@ -79,19 +79,21 @@ def clip_dense_gradients(parameters: list[nn.Parameter], max_norm: float) -> flo
 
 
 class ClippedSteps:
-    """The optimizer as TorchRec's TrainPipelineSparseDist calls it (zero_grad, step), with the
-    dense gradients clipped before each step as the plain loop clips them."""
+    """The optimizer with the dense gradients clipped before each step, as the plain loop and
+    TorchRec's TrainPipelineSparseDist call it (zero_grad, step). `norm`: the dense gradients'
+    global norm before the last step's clipping (the progress log reports it)."""
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], max_norm: float
     ) -> None:
         self.optimizer, self.parameters, self.max_norm = optimizer, parameters, max_norm
+        self.norm = 0.0
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
 
     def step(self) -> None:
-        clip_dense_gradients(self.parameters, self.max_norm)
+        self.norm = clip_dense_gradients(self.parameters, self.max_norm)
         self.optimizer.step()
 
 

@@ -10,7 +10,7 @@ import torch
 from trainer.config import LRSchedule, SelectionMetric, TrainConfig
 from trainer.loop import TrainState
 from trainer.metrics import Metrics
-from trainer.optimizers import LearningRates
+from trainer.optimizers import ClippedSteps, LearningRates
 
 
 def _validate(state: TrainState, logloss: float) -> bool:
@@ -85,3 +85,13 @@ def test_a_resume_on_another_world_size_keeps_the_global_sample_count():
     saved = TrainState(step=7, samples=1001).to_checkpoint(global_samples=1001, world_size=2)
     shares = [TrainState.from_checkpoint(saved, 3, rank).samples for rank in range(3)]
     assert sum(shares) == 1001 and shares == [335, 333, 333]
+
+
+def test_clipped_steps_record_the_norm_before_clipping_and_step_with_the_clipped_gradient():
+    weight = torch.nn.Parameter(torch.zeros(2))
+    steps = ClippedSteps(torch.optim.SGD([weight], lr=1.0), [weight], max_norm=1.0)
+    steps.zero_grad()
+    (torch.tensor([3.0, 4.0]) * weight).sum().backward()  # gradient (3, 4), norm 5
+    steps.step()
+    assert steps.norm == pytest.approx(5.0)
+    torch.testing.assert_close(weight.detach(), torch.tensor([-0.6, -0.8]))
