@@ -173,6 +173,13 @@ def convolve_personal(
     return torch.bmm(_windows(inputs, width, stride), weights.flatten(2).transpose(1, 2))
 
 
+def xavier_filter(weight: torch.Tensor) -> None:
+    """Xavier-uniform for a [Dout, Din, K] filter, in place, as for a convolution: fan-in Din·K,
+    fan-out Dout·K (what `initialize_xavier` gives every global filter of a model). Every filter,
+    global or PEG's, starts from this draw."""
+    nn.init.xavier_uniform_(weight)
+
+
 class PersonalizedFilterGenerator(nn.Module):
     """PEG (eqs. 10-11): profile [R, P] -> ReLU(FC) -> FC -> filters [R, Dout, Din, K].
 
@@ -208,11 +215,11 @@ class PersonalizedFilterGenerator(nn.Module):
 
     def reset_output_bias(self) -> None:
         """Start from a Xavier-initialised global filter (the generator's bias) plus a personal
-        offset (at init about a quarter of the global filter's scale): a default-initialised bias
-        would give filters far too large for fan-in Din·K."""
-        out_dim, in_dim, width = self.filter_shape
+        offset: a default-initialised bias would give filters far too large for fan-in Din·K.
+        The draw is a global filter's (`xavier_filter`), so that with no offset
+        (peg_offset_scale=0) a PEG layer starts as a global layer does."""
         filter_init = torch.empty(self.filter_shape)
-        nn.init.xavier_uniform_(filter_init.view(out_dim, in_dim * width))
+        xavier_filter(filter_init)
         with torch.no_grad():
             self.output.bias.copy_(filter_init.flatten())
 
@@ -296,7 +303,7 @@ class TemporalConvolution(nn.Module):
             nn.Parameter(torch.empty(conv_out, conv_in, width)) if needs_global else None
         )  # [Dout, Din, K] (b, b, K with a bottleneck)
         if self.weight is not None:
-            nn.init.xavier_uniform_(self.weight.view(conv_out, conv_in * width))
+            xavier_filter(self.weight)
         self.bias = nn.Parameter(torch.zeros(out_dim))  # b_c, shared by global and PEG filters
         self.generator = (
             PersonalizedFilterGenerator(
