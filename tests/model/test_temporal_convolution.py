@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -274,6 +276,21 @@ def test_peg_gives_different_profiles_different_filters():
     filters = layer.personal_filters(profiles)
     assert filters.shape == (2, 4, 3, 5)
     assert not torch.allclose(filters[0], filters[1])
+
+
+def test_peg_global_filter_starts_from_a_global_filters_xavier_draw():
+    """Both draw Xavier-uniform as a convolution: bound sqrt(6 / ((Din + Dout)·K)). (The filter
+    viewed as a Dout x Din·K matrix has a 1.26x wider bound at 32-48-15: CAIN started wider.)"""
+    shape = (32, 48, 15)
+    bound = math.sqrt(6 / ((shape[0] + shape[1]) * shape[2]))
+    generator = PersonalizedFilterGenerator(5, 8, shape)
+    torch.manual_seed(9)
+    generator.reset_output_bias()
+    torch.manual_seed(9)
+    layer = TemporalConvolution(48, 32, context_length=7)
+    torch.testing.assert_close(generator.output.bias.detach().view(shape), layer.weight.detach())
+    assert generator.output.bias.abs().max() <= bound
+    assert generator.output.bias.abs().max() > 0.99 * bound
 
 
 def test_peg_offset_scale_scales_the_personal_offset_around_the_global_filter():
