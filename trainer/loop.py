@@ -254,7 +254,7 @@ class ProgressLog:
         # Local numbers only: a collective here would have to run on every rank in lockstep.
         rate = self.window_samples * self.group.world_size / elapsed
         mean_loss = float(np.mean(self.window_losses)) if self.window_losses else float("nan")
-        mean_norm = float(np.mean(self.window_norms)) if self.window_norms else float("nan")
+        mean_norm = float(np.mean(self.window_norms))  # every step of the window adds one
         if self.group.is_main:
             self.bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_sec=f"{rate:.0f}")
             logger.info(
