@@ -23,7 +23,9 @@ Switches (paper defaults unless marked "unpublished"):
 - PEG (eqs. 10-12): `peg_placement` ALL (Table 4: first / latter / all / none), `peg_mode`
   REPLACE (Table 6: replace / sum / concat), `peg_inputs` all three groups (Table 5:
   demographics, behavior statistics = the dense profile features, most-interacted categories),
-  `peg_hidden_dim` 32 (unpublished). The generated filter shares the layer's bias b_c.
+  `peg_hidden_dim` 32 (unpublished), `peg_offset_scale` 1 (unpublished: the personal offset's
+  multiplier; 0 gives every user the generator's global filter). The generated filter shares the
+  layer's bias b_c.
 - Activation between TCN layers: ReLU (unpublished); each layer's linear output feeds its
   attention.
 - `tcn_kernel` = AUTO: how the TCN convolves (`TCNKernel`): per-tap GEMMs on CUDA, the fastest
