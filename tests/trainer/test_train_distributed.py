@@ -456,7 +456,9 @@ def test_early_stopping_between_epoch_ends_stops_at_that_validation(tiny_data, t
 def test_a_validation_plateau_reloads_the_best_weights_and_lowers_the_rates(tiny_data, tmp_path):
     """train.plateau_lr_factor: after an epoch that is not the best, training goes on from the
     best epoch's weights (the checkpoint saved at that epoch's end holds them) at factor x the
-    rates; a high rate on the tiny data overfits, so the validation logloss gets worse."""
+    rates; high constant rates on the tiny data overfit, so the validation logloss gets worse.
+    (At dense_lr 0.05 with the cosine decay CAIN fell to the constant predictor once PEG's filters
+    started from a global filter's init, and its logloss kept creeping down: no plateau.)"""
     from trainer.predict import Scorer, score_split
 
     settings = [
@@ -465,7 +467,8 @@ def test_a_validation_plateau_reloads_the_best_weights_and_lowers_the_rates(tiny
         "train.early_stopping_patience=3",
         "train.plateau_lr_factor=0.5",
         "train.keep_checkpoints=8",
-        "train.dense_lr=0.05",
+        "train.lr_schedule=constant",
+        "train.dense_lr=0.01",
         "train.sparse_lr=0.5",
     ]
     _ok(torchrun(_arguments(tiny_data, tmp_path, *settings)))
