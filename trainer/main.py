@@ -430,7 +430,9 @@ def fit(
     )
     progress.bar.update(state.step)
     pin = group.device.type == "cuda"
-    clip_parameters = list(dense_parameters(model.module).values())
+    clipped = ClippedSteps(
+        model.optimizer, list(dense_parameters(model.module).values()), config.train.grad_clip_norm
+    )
     while not config.train.evaluate_only and not state.finished(config.train):
         remaining = config.train.max_steps - state.step if config.train.max_steps else 0
         prefetcher = Prefetcher(
@@ -439,7 +441,6 @@ def fit(
             pin_memory=pin,
         )
         batches = SynchronizedBatches(prefetcher, group, data.builder.filler(), limit=remaining)
-        clipped = ClippedSteps(model.optimizer, clip_parameters, config.train.grad_clip_norm)
         pipeline = None
         if config.train.pipeline:  # one per epoch: it remembers that its data ran out
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
