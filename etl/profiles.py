@@ -2,7 +2,8 @@
 
     dense_feature_names(behaviors, with_watch_time) -> the names of `profile_dense`, in order:
         log1p of the count of each behavior, of all events, of active days, of distinct
-        categories (feed: and of the total watch time); etl/sequences.py computes them (and
+        categories (feed: and of the total watch time, less the watches still running at the
+        day's midnight); etl/sequences.py computes them (and
         `profile_top_category`: the most-interacted categories/authors, most first, ties by
         smaller id) from the user's events before the sample day only.
     SAMPLES.transform(with_demographics, DEMOGRAPHICS, fields)

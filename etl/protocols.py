@@ -51,6 +51,7 @@ def sample_spec(config: EtlConfig, first_date: str, last_date: str) -> sequences
         behaviors=len(config.source.behaviors),
         positive_code=config.source.behavior_code(config.source.positive_behavior),
         with_watch_time=config.source.format == SourceFormat.FEED,
+        time_zone=config.source.time_zone,
         requests=protocol.requests.value,
         negatives=protocol.negatives,
         draws=protocol.draws_per_request,

@@ -12,7 +12,10 @@ The chunk holds *whole users*: every event of each of its users up to the last d
 - requests = D's events chosen by the protocol; `request_history_end` = the number of timeline
   events with ts < request ts; with watch times (feed logs), only the timeline's longest prefix
   whose events all *ended* (ts + watch_time) before the request ts (`visible_history_end`);
-- profile = statistics of u's events before D (etl/build_sequences.py names them);
+- profile = statistics of u's events before D (etl/build_sequences.py names them), as known at
+  D's midnight (`spec.time_zone`): with watch times, a watch still running then (ts < midnight
+  <= ts + watch_time) counts as an event but not yet its watch time (`running_watch_time`), which
+  enters the first day that starts after it ended;
 - candidates = the positive and its negatives from the request's pool (etl/sampling.py), with the
   user's earlier items and the positive excluded, de-duplicated, the first k kept.
 
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +66,7 @@ class SampleSpec:
     behaviors: int
     positive_code: int
     with_watch_time: bool
+    time_zone: str  # IANA zone of the calendar days (the profile is as of a day's midnight)
     requests: str
     negatives: int
     draws: int
@@ -137,6 +143,41 @@ def visible_history_end(end_ms: np.ndarray, timeline: np.ndarray, timeline_offse
     running = np.maximum.accumulate(ends - base + shift)
     target = request_group.astype(np.int64) * span + (request_ts_ms - base)
     return np.searchsorted(running, target, side="left") - timeline_offsets[request_group]
+
+
+def end_ms(chunk: EventChunk) -> np.ndarray:
+    """[N] when each event ended, ts + watch_time, in integer milliseconds."""
+    watch_ms = np.round(chunk.watch_time.astype(np.float64) * 1000).astype(np.int64)
+    return chunk.ts * 1000 + watch_ms
+
+
+def midnight_ms(dates: np.ndarray, time_zone: str) -> np.ndarray:
+    """[G] the first millisecond of each yyyy-MM-dd day in `time_zone`."""
+    zone = ZoneInfo(time_zone)
+    unique, inverse = np.unique(dates.astype(str), return_inverse=True)
+    starts = [int(datetime.combine(date.fromisoformat(day), time(), zone).timestamp()) * 1000
+              for day in unique]
+    return np.asarray(starts, dtype=np.int64)[inverse]
+
+
+def running_watch_time(chunk: EventChunk, timeline_start: np.ndarray, group_start: np.ndarray,
+                       time_zone: str) -> np.ndarray:
+    """[g] per user-day: the watch time of the user's events before the day that are still
+    running at its midnight (ended at or after it), among the timeline's events before the day
+    (the user's last `max_len`: what the state's `recent_*` holds, so a daily build subtracts the
+    same). float64 sums in event order. Known only once they end, these watches are left out of
+    the day's profile (a watch running across more than max_len later events stays in: a bound
+    of the rule, not met by a feed where one watch ends before the next starts)."""
+    indices, offsets = ranges(timeline_start, group_start)
+    group = np.repeat(np.arange(len(group_start)), np.diff(offsets))
+    midnight = midnight_ms(chunk.date[group_start], time_zone)
+    still_running = end_ms(chunk)[indices] >= midnight[group]
+    watch = np.where(still_running, chunk.watch_time[indices].astype(np.float64), 0.0)
+    total = np.zeros(len(group_start))
+    nonempty = offsets[1:] > offsets[:-1]
+    if nonempty.any():
+        total[nonempty] = np.add.reduceat(watch, offsets[:-1][nonempty])
+    return total
 
 
 def run_starts(change: np.ndarray) -> np.ndarray:
@@ -300,10 +341,8 @@ def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
     timeline, timeline_offsets = ranges(timeline_start, group_end)
     history_end = time_start[request] - timeline_start[request_group]
     if spec.with_watch_time:  # an event is seen once its watch has ended
-        end_ms = chunk.ts * 1000 + np.round(chunk.watch_time.astype(np.float64) * 1000)
         history_end = np.minimum(history_end, visible_history_end(
-            end_ms.astype(np.int64), timeline, timeline_offsets, chunk.ts[request] * 1000,
-            request_group))
+            end_ms(chunk), timeline, timeline_offsets, chunk.ts[request] * 1000, request_group))
     history_end = history_end.astype(np.int32)
     request_offsets = np.zeros(len(groups) + 1, dtype=np.int64)
     np.cumsum(np.bincount(request_group, minlength=len(groups)), out=request_offsets[1:])
@@ -339,20 +378,23 @@ def process(chunk: EventChunk, spec: SampleSpec, pools: DayPools | None,
     candidate_category[negative_slots] = flat_negative_categories
     group_candidate_offsets = candidate_offsets[request_offsets]
 
+    running = running_watch_time(chunk, timeline_start, group_start, spec.time_zone) \
+        if spec.with_watch_time else None
     if prior is None:
         dense, top_values, top_offsets = _profiles(chunk, spec, user_start, group_start_all,
-                                                   groups)
+                                                   groups, running)
     else:
-        dense, top_values, top_offsets = _prior_profiles(prior, spec, user[group_start])
+        dense, top_values, top_offsets = _prior_profiles(prior, spec, user[group_start], running)
     return _batch(chunk, spec, group_start, timeline, timeline_offsets, request, request_offsets,
                   history_end, per_request, candidate_item, candidate_category, candidate_label,
                   group_candidate_offsets, dense, top_values, top_offsets)
 
 
 def _profiles(chunk: EventChunk, spec: SampleSpec, user_start: np.ndarray,
-              group_start_all: np.ndarray, groups: np.ndarray
+              group_start_all: np.ndarray, groups: np.ndarray, running: np.ndarray | None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Profile of each user-day in `groups` from the user's events before the day."""
+    """Profile of each user-day in `groups` from the user's events before the day; `running`:
+    the watch time still running at the day's midnight (left out)."""
     start = group_start_all[groups]
     first = user_start[start]
     statistics = []
@@ -366,7 +408,8 @@ def _profiles(chunk: EventChunk, spec: SampleSpec, user_start: np.ndarray,
         chunk, user_start, group_start_all, groups, spec.top_categories)
     statistics.append(distinct)
     if spec.with_watch_time:
-        statistics.append(watch_time_before(chunk, user_start, group_start_all)[groups])
+        before = watch_time_before(chunk, user_start, group_start_all)[groups]
+        statistics.append(np.maximum(before - running, 0.0))
     dense = np.log1p(np.stack(statistics, axis=1).astype(np.float64)).astype(np.float32)
     return dense, top_values, top_offsets
 
@@ -387,10 +430,11 @@ def watch_time_before(chunk: EventChunk, user_start: np.ndarray,
     return before
 
 
-def _prior_profiles(prior: state.Prior, spec: SampleSpec, users: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _prior_profiles(prior: state.Prior, spec: SampleSpec, users: np.ndarray,
+                    running: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The profiles of `users` [g] from their state (all zero for a user without one): the same
-    statistics as _profiles computes from the whole history."""
+    statistics as _profiles computes from the whole history (`running` from the state's recent
+    events)."""
     from etl import state
 
     rows = prior.rows(users)
@@ -401,7 +445,7 @@ def _prior_profiles(prior: state.Prior, spec: SampleSpec, users: np.ndarray
     distinct, top_values, top_offsets = state.top_categories(prior, rows, spec.top_categories)
     statistics.append(distinct)
     if spec.with_watch_time:
-        statistics.append(prior.take(prior.watch_time_total, rows))
+        statistics.append(np.maximum(prior.take(prior.watch_time_total, rows) - running, 0.0))
     dense = np.log1p(np.stack(statistics, axis=1).astype(np.float64)).astype(np.float32)
     return dense, top_values, top_offsets
 

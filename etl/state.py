@@ -15,7 +15,8 @@ The state of user u as of the end of day D (one row per user, the `state` Delta 
 - `behavior_counts` [behaviors], `event_count`, `active_days`, `touched_category_id` +
   `touched_category_count` (every category u touched, ascending id, with its event count),
   `watch_time_total`: the profile accumulators, so the profile of D + 1 is exact
-  (etl/sequences.py `_profiles`);
+  (etl/sequences.py `_profiles`; its watch time less the watches of `recent_*` still running at
+  D + 1's midnight, `sequences.running_watch_time`);
 - `touched_item_id`: every distinct item u touched, ascending (`exclude_history` removes them
   from the negatives of any later request);
 - `last_active_date`: u's last day with events (<= D).

@@ -32,15 +32,17 @@ def canonical(root: Path, name: str, days: tuple[str, ...] | None = None) -> lis
 
 # -- numpy: the state carries what process needs (no Spark) ---------------------------------
 
-def random_log(seed: int = 0, events: int = 600, users: int = 15) -> EventChunk:
-    """Events of 3 days, sorted as the Arrow UDF gets them; watch times with full float32 bits."""
+def random_log(seed: int = 0, events: int = 600, users: int = 15, max_watch: float = 100.0
+               ) -> EventChunk:
+    """Events of 3 days (Asia/Shanghai), sorted as the Arrow UDF gets them; watch times with full
+    float32 bits, up to `max_watch` seconds."""
     generator = np.random.default_rng(seed)
     user = generator.integers(0, users, events)
     item = generator.integers(0, 60, events)
     day = generator.integers(0, 3, events)
     ts = 1511539200 + day * 86400 + generator.integers(0, 86400, events)
     behavior = generator.integers(1, 5, events).astype(np.int32)
-    watch = (generator.random(events) * 100).astype(np.float32)
+    watch = (generator.random(events) * max_watch).astype(np.float32)
     order = np.lexsort((watch, item % 7, behavior, item, ts, user))
     return EventChunk(user[order], item[order], (item % 7)[order], behavior[order], ts[order],
                       watch[order], np.array(DAYS)[day][order])
@@ -48,7 +50,8 @@ def random_log(seed: int = 0, events: int = 600, users: int = 15) -> EventChunk:
 
 def day_spec(day: str) -> SampleSpec:
     return SampleSpec(first_date=day, last_date=day, max_len=8, top_categories=3, behaviors=4,
-                      positive_code=1, with_watch_time=True, requests="positive", negatives=5,
+                      positive_code=1, with_watch_time=True,
+                      time_zone="Asia/Shanghai", requests="positive", negatives=5,
                       draws=14, uniform=False, exclude_history=True, history_fraction=0.0,
                       replace_probability=0.0, seed=3)
 
@@ -73,9 +76,11 @@ def with_state(chunk: EventChunk, rows: pa.RecordBatch, day: str) -> pa.Table:
     return both.take(pa.array(order))
 
 
+@pytest.mark.parametrize("max_watch", [100.0, 20_000.0])
 @pytest.mark.parametrize("day", DAYS[1:])
-def test_samples_from_the_state_equal_samples_from_the_whole_history(day):
-    log = random_log()
+def test_samples_from_the_state_equal_samples_from_the_whole_history(day, max_watch):
+    """max_watch 20,000 s: many watches run across midnight (left out of the next profile)."""
+    log = random_log(max_watch=max_watch)
     pools = DayPools.from_arrays(log.date, log.ts, log.user_id, log.item_id, log.behavior,
                                  log.category_id)
     expected = process(subset(log, log.date <= day), day_spec(day), pools).to_pylist()
@@ -84,6 +89,28 @@ def test_samples_from_the_state_equal_samples_from_the_whole_history(day):
     assert process(chunk, day_spec(day), pools, prior).to_pylist() == expected
     # Histories longer than max_len, items and categories only the state remembers: covered.
     assert max(len(row["touched_item_id"]) for row in before.to_pylist()) > 8
+
+
+def test_a_profile_leaves_out_the_watches_still_running_at_its_midnight():
+    """log_watch_time of (u, D): the watch time of u's events before D less the watches among u's
+    last max_len events before D that end at or after D's midnight (recomputed here in plain
+    Python); the long watches of this log make some profiles differ from the plain total."""
+    log = random_log(max_watch=20_000.0)
+    midnight = {day: 1511539200 + 86400 * index for index, day in enumerate(DAYS)}
+    pools = DayPools.from_arrays(log.date, log.ts, log.user_id, log.item_id, log.behavior,
+                                 log.category_id)
+    rows = process(log, day_spec(DAYS[2]), pools).to_pylist()
+    differs = 0
+    for row in rows:
+        earlier = [i for i in range(len(log)) if log.user_id[i] == row["user_id"]
+                   and log.date[i] < row["date"]]
+        total = sum(float(log.watch_time[i]) for i in earlier)
+        running = sum(float(log.watch_time[i]) for i in earlier[-8:]  # max_len
+                      if log.ts[i] * 1000 + round(float(log.watch_time[i]) * 1000)
+                      >= midnight[row["date"]] * 1000)
+        assert row["profile_dense"][-1] == pytest.approx(np.log1p(total - running), rel=1e-6)
+        differs += running > 0
+    assert rows and differs > 0
 
 
 def test_folding_a_day_into_the_state_equals_folding_the_whole_history():

@@ -40,7 +40,8 @@ def spec(first=D1, last=D3, max_len=10, top=3, **protocol) -> SampleSpec:
                   with_watch_time=False)
     values.update(protocol)
     return SampleSpec(first_date=first, last_date=last, max_len=max_len, top_categories=top,
-                      behaviors=4, positive_code=1, seed=1, **values)
+                      behaviors=4, positive_code=1, seed=1, time_zone="Asia/Shanghai",
+                      **values)
 
 
 def test_timeline_keeps_the_last_max_len_events_before_the_day_then_the_day():
@@ -96,6 +97,22 @@ def test_a_running_watch_hides_itself_and_every_later_event_until_it_ends():
     assert rows[D2]["request_history_end"] == [6, 8]
     taobao = process(log, spec(requests="all"), None).to_pylist()  # no watch times: ts alone
     assert [r["request_history_end"] for r in taobao] == [[0, 1, 2, 3, 4, 5, 6], [7, 8]]
+
+
+def test_a_watch_running_at_midnight_enters_the_profile_of_the_day_after_it_ended():
+    """Its event counts on day 2 (it started before), its watch time from day 3 (it ended at
+    00:01 on day 2, after that day's midnight: a 00:00:30 request must not see its length)."""
+    midnight_d2 = 1511625600  # 2017-11-26 00:00 Asia/Shanghai
+    log = chunk((1, 10, 7, 1, midnight_d2 - 43200, D1, 30.0),
+                (1, 11, 7, 1, midnight_d2 - 60, D1, 120.0),
+                (1, 12, 7, 1, midnight_d2 + 30, D2, 5.0),
+                (1, 13, 7, 1, midnight_d2 + 86400 + 30, D3, 5.0))
+    rows = {r["date"]: r for r in process(
+        log, spec(requests="all", with_watch_time=True), None).to_pylist()}
+    events, watch = 4, 7  # positions in profile_dense (pv, cart, fav, buy, events, ...)
+    assert rows[D2]["profile_dense"][events] == pytest.approx(math.log1p(2))
+    assert rows[D2]["profile_dense"][watch] == pytest.approx(math.log1p(30.0))  # was 150
+    assert rows[D3]["profile_dense"][watch] == pytest.approx(math.log1p(155.0))
 
 
 def test_demographics_follow_the_given_field_order(spark):
