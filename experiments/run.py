@@ -13,7 +13,9 @@ With --planted RAW/planted.json (planted data) each run
 also gets its AUC on the target impressions (experiments/planted_metrics.py, in the table too).
 At the end (and after every run) DIR/results.json, DIR/results.md (the table of
 experiments/report.py) and, for figure suites, DIR/SUITE.png are written. Failed runs are listed
-and make the exit code 1; the others still run.
+and make the exit code 1; the others still run. With --variants only those run (plus the
+baseline and their references); the table also holds the other variants' finished runs in DIR
+with the same settings, so a suite run a few variants at a time gets one table.
 
 Run settings, later ones winning: conf/train/default.yaml (or the --config presets), the suite's
 sizes, the variant's model overrides, data.max_history = L (the suite's default unless --max-len;
@@ -58,6 +60,8 @@ class RunSettings:
     timeout: seconds one run may take.
     planted_design: planted.json of the raw log (planted data): each run also gets the AUC on
         the target impressions (experiments/planted_metrics.py).
+    variants: the names to run (--variants; None: every one). The table also holds the other
+        variants' runs that DIR already has with these settings (`finished_elsewhere`).
     """
 
     data: Path
@@ -69,6 +73,7 @@ class RunSettings:
     nproc: int = 2
     timeout: int = 6 * 3600
     planted_design: Path | None = None
+    variants: tuple[str, ...] | None = None
 
 
 def run_directory(settings: RunSettings, variant: Variant, seed: int) -> Path:
@@ -125,6 +130,12 @@ def undefined_metrics(metrics: dict) -> str | None:
 
 class SettingsChanged(Exception):
     """A run directory holds a run of other trainer arguments than the ones asked for now."""
+
+
+def same_settings(directory: Path, arguments: list[str], nproc: int) -> bool:
+    path = directory / LAUNCH_FILE
+    return path.exists() and json.loads(path.read_text()) == {
+        "arguments": arguments, "nproc": nproc}
 
 
 def check_settings(directory: Path, arguments: list[str], nproc: int) -> None:
@@ -291,11 +302,52 @@ def planted_rule_lines(settings: RunSettings) -> list[str]:
     ]
 
 
+def planned(suite: Suite, settings: RunSettings) -> Suite:
+    """The variants this invocation runs: --variants (plus their baseline and references)."""
+    return suite.subset(list(settings.variants)) if settings.variants else suite
+
+
+def finished_elsewhere(
+    suite: Suite, settings: RunSettings, tables_max_len: int, log=print
+) -> list[RunResult]:
+    """The finished runs in DIR of the variants this invocation does not run, launched with
+    exactly its settings (launch.json): a suite run a few --variants at a time gets one table.
+    Runs with other settings, or with undefined metrics, stay out."""
+    running = {variant.name for variant in planned(suite, settings).variants}
+    results = []
+    for seed in settings.seeds:
+        for variant in suite.variants:
+            if variant.name in running:
+                continue
+            directory = run_directory(settings, variant, seed)
+            metrics = finished_metrics(directory)
+            arguments = trainer_arguments(suite, variant, seed, settings, tables_max_len)
+            if metrics is None or not same_settings(directory, arguments, settings.nproc):
+                continue
+            metrics = with_planted_metrics(directory, metrics, settings)
+            if metrics is None or undefined_metrics(metrics):
+                continue
+            results.append(RunResult(variant.name, seed, metrics))
+    if results:
+        names = sorted({run.variant for run in results})
+        log(f"[experiments] in the table too: {len(results)} finished runs of "
+            f"{', '.join(names)} in {settings.output} with the same settings")
+    return results
+
+
 def write_results(
     suite: Suite, settings: RunSettings, runs: list[RunResult], failed: list[str]
 ) -> SuiteReport:
+    """DIR/results.md, results.json and the plot over `runs`: a row for every planned variant
+    and for each other variant with runs in `runs` (finished_elsewhere)."""
+    shown = {variant.name for variant in planned(suite, settings).variants}
+    suite = suite.subset(sorted(shown | {run.variant for run in runs}))
     report = SuiteReport.from_runs(suite, runs)
     header = header_lines(suite, settings)
+    earlier = sorted({run.variant for run in runs} - shown)
+    if earlier:
+        header.append(f"also in the table: the runs of {', '.join(earlier)} that this directory "
+                      "already held with the same settings (other --variants invocations)")
     if failed:
         header.append(f"failed runs (not in the statistics): {', '.join(failed)}")
     settings.output.mkdir(parents=True, exist_ok=True)
@@ -336,10 +388,11 @@ def variant_named(suite: Suite, name: str) -> Variant:
 
 def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunResult], list[str]]:
     """Every (variant, seed) of the suite, seed-major so that early results pair up; returns the
-    finished runs and the names of the failed ones."""
-    plan = [(variant, seed) for seed in settings.seeds for variant in suite.variants]
+    finished runs (with those of `finished_elsewhere`) and the names of the failed ones."""
+    plan = [(variant, seed) for seed in settings.seeds
+            for variant in planned(suite, settings).variants]
     tables_max_len = FeatureSpec.read(str(settings.data)).max_len
-    runs: list[RunResult] = []
+    runs: list[RunResult] = finished_elsewhere(suite, settings, tables_max_len, log)
     failed: list[str] = []
     started = time.monotonic()
     trained_seconds, trained = 0.0, 0
@@ -447,9 +500,10 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
     if arguments.max_steps is not None:
         overrides.insert(0, f"train.max_steps={arguments.max_steps}")
     suite = SUITES[arguments.suite]
-    if arguments.variants:
+    variants = tuple(arguments.variants.split(",")) if arguments.variants else None
+    if variants:
         try:
-            suite = suite.subset(arguments.variants.split(","))
+            suite.subset(list(variants))
         except ValueError as error:
             parser.error(str(error))
     output = Path(arguments.output or Path("runs") / "experiments" / suite.name)
@@ -463,6 +517,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Suite, RunSettings]:
         nproc=arguments.nproc,
         timeout=arguments.timeout,
         planted_design=Path(arguments.planted).resolve() if arguments.planted else None,
+        variants=variants,
     )
     return suite, settings
 
@@ -472,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     # `kill RUNNER` stops the current run's process group too (launch's cleanup).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(
-        f"[experiments] {suite.name}: {len(suite.variants)} variants x {len(settings.seeds)} "
-        f"seeds -> {settings.output}",
+        f"[experiments] {suite.name}: {len(planned(suite, settings).variants)} variants x "
+        f"{len(settings.seeds)} seeds -> {settings.output}",
         flush=True,
     )
     try:

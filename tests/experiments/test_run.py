@@ -130,6 +130,34 @@ def test_a_failed_run_is_reported_and_the_rest_still_run(data, tmp_path):
     assert "no_such_key" in (tmp_path / "bad" / "seed_1" / "train.log").read_text()
 
 
+def test_a_suite_run_a_few_variants_at_a_time_gets_one_table(data, tmp_path):
+    """--variants context_1, then --variants context_3 into the same DIR: the second table also
+    holds context_1's runs (same settings); a run launched with other settings stays out."""
+    suite = dataclasses.replace(SUITE, variants=(
+        *SUITE.variants, Variant("context_3", "lap_tcn", ("model.context_length=3",), x=3)))
+    first = dataclasses.replace(settings(data, tmp_path), seeds=(1,), variants=("context_1",))
+    runs, failed = run.run_suite(suite, first, log=[].append)
+    assert failed == [] and {r.variant for r in runs} == {"no_context", "context_1"}
+    assert not (tmp_path / "context_3").exists()
+
+    second = dataclasses.replace(first, variants=("context_3",))
+    lines: list[str] = []
+    runs, failed = run.run_suite(suite, second, log=lines.append)
+    assert {r.variant for r in runs} == {"no_context", "context_1", "context_3"}
+    assert "in the table too: 1 finished runs of context_1" in lines[0]
+    run.write_results(suite, second, runs, failed)
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in ("no_context", "context_1", "context_3"))
+    assert "also in the table: the runs of context_1" in table
+
+    launched = tmp_path / "context_1" / "seed_1" / "launch.json"
+    other = json.loads(launched.read_text())
+    other["arguments"].append("train.dense_lr=0.5")
+    launched.write_text(json.dumps(other))
+    runs, failed = run.run_suite(suite, second, log=[].append)
+    assert {r.variant for r in runs} == {"no_context", "context_3"}
+
+
 def test_cli_arguments_build_the_settings(tmp_path):
     suite, settings_ = run.parse_arguments(
         [
@@ -146,6 +174,7 @@ def test_cli_arguments_build_the_settings(tmp_path):
         ]
     )
     assert suite.name == "fig5" and settings_.seeds == (1, 2, 3) and settings_.max_len == 64
+    assert settings_.variants is None
     assert settings_.overrides == ("train.epochs=2", "model.embedding_dim=32")
     arguments = run.trainer_arguments(suite, suite.variants[0], 2, settings_, 1024)
     assert arguments[arguments.index("--model") + 1] == "lap_tcn"
