@@ -173,11 +173,7 @@ def running_watch_time(chunk: EventChunk, timeline_start: np.ndarray, group_star
     midnight = midnight_ms(chunk.date[group_start], time_zone)
     still_running = end_ms(chunk)[indices] >= midnight[group]
     watch = np.where(still_running, chunk.watch_time[indices].astype(np.float64), 0.0)
-    total = np.zeros(len(group_start))
-    nonempty = offsets[1:] > offsets[:-1]
-    if nonempty.any():
-        total[nonempty] = np.add.reduceat(watch, offsets[:-1][nonempty])
-    return total
+    return range_sums(watch, offsets[:-1], offsets[1:])
 
 
 def run_starts(change: np.ndarray) -> np.ndarray:

@@ -132,20 +132,18 @@ class SettingsChanged(Exception):
     """A run directory holds a run of other trainer arguments than the ones asked for now."""
 
 
-def same_settings(directory: Path, arguments: list[str], nproc: int) -> bool:
+def launched(directory: Path) -> dict | None:
+    """The trainer command DIRECTORY was run with (its launch.json), None when not run yet."""
     path = directory / LAUNCH_FILE
-    return path.exists() and json.loads(path.read_text()) == {
-        "arguments": arguments, "nproc": nproc}
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def check_settings(directory: Path, arguments: list[str], nproc: int) -> None:
     """A run directory belongs to one trainer command (DIRECTORY/launch.json): skipping a finished
     run or resuming an unfinished one under other settings would mix settings in one table."""
-    path = directory / LAUNCH_FILE
-    if not path.exists():  # not run yet (or run before launch.json was written: not checked)
-        return
-    earlier = json.loads(path.read_text())
-    if earlier == {"arguments": arguments, "nproc": nproc}:
+    earlier = launched(directory)
+    # None: not run yet (or run before launch.json was written: not checked).
+    if earlier is None or earlier == {"arguments": arguments, "nproc": nproc}:
         return
     differing = sorted(set(earlier["arguments"]) ^ set(arguments))
     if earlier["nproc"] != nproc:
@@ -322,7 +320,8 @@ def finished_elsewhere(
             directory = run_directory(settings, variant, seed)
             metrics = finished_metrics(directory)
             arguments = trainer_arguments(suite, variant, seed, settings, tables_max_len)
-            if metrics is None or not same_settings(directory, arguments, settings.nproc):
+            if metrics is None or launched(directory) != {"arguments": arguments,
+                                                          "nproc": settings.nproc}:
                 continue
             metrics = with_planted_metrics(directory, metrics, settings)
             if metrics is None or undefined_metrics(metrics):
@@ -392,13 +391,13 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
     plan = [(variant, seed) for seed in settings.seeds
             for variant in planned(suite, settings).variants]
     tables_max_len = FeatureSpec.read(str(settings.data)).max_len
+    for variant, seed in plan:  # before any run: not after hours of the others
+        arguments = trainer_arguments(suite, variant, seed, settings, tables_max_len)
+        check_settings(run_directory(settings, variant, seed), arguments, settings.nproc)
     runs: list[RunResult] = finished_elsewhere(suite, settings, tables_max_len, log)
     failed: list[str] = []
     started = time.monotonic()
     trained_seconds, trained = 0.0, 0
-    for variant, seed in plan:  # before any run: not after hours of the others
-        arguments = trainer_arguments(suite, variant, seed, settings, tables_max_len)
-        check_settings(run_directory(settings, variant, seed), arguments, settings.nproc)
     for index, (variant, seed) in enumerate(plan, start=1):
         directory = run_directory(settings, variant, seed)
         label = f"[{index}/{len(plan)}] {suite.name} {variant.name} seed {seed}"
