@@ -9,10 +9,12 @@ runs the same command a person would, with the **main** virtualenv's `python` / 
   --incremental --date DS` builds day DS from DS's events and the ETL's per-user state as of
   DS - 1 only (docs/etl.md, "Incremental daily builds"; idempotent: a rerun starts from the
   state as of DS - 1 again) and updates the feature spec. With the param `etl_full_range` (first
-  run on an empty ROOT) it builds the whole range up to DS (`--end-date DS`), history included,
-  which leaves the state as of DS for the next day's incremental run; with `etl_incremental`
-  false it rebuilds DS from its users' whole history (`--date DS` alone: also writes the state
-  as of DS).
+  run on an empty ROOT) it builds the range's days up to DS (`--through DS`), history included,
+  which leaves the state as of DS for the next day's incremental run (the input's rows of later
+  days are left to their own days' runs, not quarantined); with `etl_incremental` false it
+  rebuilds DS from its users' whole history (`--date DS` alone: also writes the state as of DS).
+  The ETL's date split rolls with the newest built day: DS is the test split and the day before
+  it returns to train, so every run trains on the days before DS and is tested on DS.
 - `validate`: `python -m airflow_dags.release validate --root ROOT --date DS ...` checks the
   feature spec: DS has samples, counts and positive rates are sane, the tables exist.
 - `train`: `torchrun --nproc_per_node=N trainer/main.py --data ROOT --model M --output RUN_DIR
@@ -208,8 +210,8 @@ def cain_daily():
         command = ["bash", "scripts/spark_submit.sh", *params["spark_submit_args"]]
         command += ["etl/build_sequences.py"]
         command += ["--input", params["raw_input"], "--output", params["data_root"]]
-        if params["etl_full_range"]:  # the first run needs the history: the whole range to DS,
-            command += ["--end-date", ds]  # which leaves the per-user state as of DS
+        if params["etl_full_range"]:  # the first run needs the history: the range's days to DS,
+            command += ["--through", ds]  # which leaves the per-user state as of DS
         else:
             command += ["--incremental"] if params["etl_incremental"] else []
             command += ["--date", ds]

@@ -2,11 +2,12 @@
 
     bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT \
         [--source taobao|feed] [--protocol cain|dare|eta_sdim|ubr4ctr|mimn_sim|feed_click] \
-        [--date YYYY-MM-DD [--incremental]] [--max-len 1024] [--short-len 50] [--negatives 19] \
+        [--date YYYY-MM-DD [--incremental] | --through YYYY-MM-DD] [--max-len 1024] [--short-len 50] [--negatives 19] \
         [--sampling popularity|uniform] [--seed 2017]
     python etl/build_sequences.py ...   (same flags; starts a local Spark with Delta itself)
 
-Without `--date` the whole configured range is (re)built; with `--date D` only day D's partitions
+Without `--date` the whole configured range is (re)built (`--through D`: its days up to D, the
+later days' rows left to their own runs as `other_day`); with `--date D` only day D's partitions
 are replaced (Delta replaceWhere): D's events and quarantined rows from RAW, then D's samples and
 profiles from the `events` table (which holds the earlier days' history: a day missing between
 its first day and D - 1 is refused). Running a day twice leaves the same tables; building the
@@ -14,7 +15,9 @@ days one by one in order equals one full build. RAW may be the whole log or D's 
 row is accepted, quarantined or counted as another day's (`other_day`, docs/etl.md).
 `--date D --incremental` reads only D's events plus the per-user `state` as of D - 1 (etl/state.py)
 and gives the same rows; every run leaves `state` as of its last day (docs/etl.md, "Incremental
-daily builds").
+daily builds"). The date split is rolling: the source's `test_days` days up to the newest day
+built so far are test, so a daily run's own day is test and the day before it returns to train
+(`resplit`); after the last day, the tables equal one full build's.
 Table schemas: docs/data.md; protocols, bad input and cluster use: docs/etl.md.
 Exit codes: 0 ok, 2 bad arguments / missing input / a missing earlier day / unwritable output /
 no Delta, 3 row counts that do not add up, 4 input rejected (no accepted row, or an accepted share
@@ -47,7 +50,7 @@ from pyspark.sql import functions as F
 from contract import samples as samples_contract
 from contract.feature_spec import SPEC_FILE, FeatureSpec, SplitStats
 from etl import clean, negatives, profiles, protocols, spark, state
-from etl.config import ConfigError, EtlConfig, SourceFormat, load_config
+from etl.config import ConfigError, EtlConfig, SourceFormat, SplitRule, load_config
 
 log = logging.getLogger("etl.build_sequences")
 TABLES = ("events", "quarantine", "profiles", "samples")
@@ -82,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--incremental", action="store_true",
                         help="with --date D: build D from D's events and the `state` table as "
                              "of D - 1 only (the days before must have been built)")
+    parser.add_argument("--through",
+                        help="build the range's days up to this one (YYYY-MM-DD), e.g. a daily "
+                             "pipeline's first run; rows of later days are left to their own "
+                             "runs (other_day), not quarantined")
     parser.add_argument("--start-date", help="override the source's first day")
     parser.add_argument("--end-date", help="override the source's last day")
     parser.add_argument("--max-len", type=int, help="lifelong history length (default 1024)")
@@ -171,18 +178,22 @@ def check_paths(config: EtlConfig, input_path: str, output: str) -> tuple[str, s
     return events_input, profiles_input
 
 
-def run_dates(config: EtlConfig, day: str | None) -> tuple[str, str]:
-    if day is None:
+def run_dates(config: EtlConfig, day: str | None, through: str | None = None) -> tuple[str, str]:
+    """The run's first and last day: the range, a day (`--date`) or the range up to `through`."""
+    if day is None and through is None:
         return config.source.start_date, config.source.end_date
+    flag, value = ("--date", day) if day is not None else ("--through", through)
     try:
-        date.fromisoformat(day)
+        date.fromisoformat(value)
     except ValueError as error:
-        raise JobError(f"--date {day!r}: {error}") from error
-    if not config.source.start_date <= day <= config.source.end_date:
+        raise JobError(f"{flag} {value!r}: {error}") from error
+    if not config.source.start_date <= value <= config.source.end_date:
         raise JobError(
-            f"--date {day} is outside the configured range "
+            f"{flag} {value} is outside the configured range "
             f"{config.source.start_date}..{config.source.end_date}"
         )
+    if day is None:
+        return config.source.start_date, value
     if config.protocol.requests.value == "last":
         raise JobError(f"protocol {config.protocol.name} builds the whole range only (no --date)")
     return day, day
@@ -372,8 +383,8 @@ def check_history(built: list[str], day: str) -> None:
         f"{'s' if len(missing) > 1 else ''} between its first day {built[0]} and "
         f"{previous_day(day)}: {shown}; day {day}'s timelines and profiles would miss their "
         f"events, nothing written. Build them first, in order (--date {missing[0]}, then each "
-        f"later day up to {day}), or run a full build (no --date, --end-date {day}); a day that "
-        "has no event at all is built empty with --date DAY --min-accepted-share 0")
+        f"later day up to {day}), or run a full build up to it (no --date, --through {day}); a "
+        "day that has no event at all is built empty with --date DAY --min-accepted-share 0")
 
 
 def built_events(spark_session: SparkSession, root: str, before: str) -> DataFrame:
@@ -426,10 +437,11 @@ def read_demographics(
 def build_samples(
     spark_session: SparkSession, config: EtlConfig, root: str, first: str, last: str,
     demographics: DataFrame | None, demographic_fields: tuple[str, ...], files: int,
-    prior: DataFrame | None = None,
+    train_end: str, prior: DataFrame | None = None,
 ) -> None:
-    """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last].
-    With `prior` (STATE as of the day before `first` == `last`): only that day's events."""
+    """Stage 2: events (all days up to `last`) -> samples + profiles for [first, last], the
+    days up to `train_end` in the train split (SplitRule.DATE). With `prior` (STATE as of the
+    day before `first` == `last`): only that day's events."""
     started = time.time()
     protocol = config.protocol
     events = spark.read_delta(spark_session, f"{root}/events").where(F.col("date") <= last)
@@ -454,7 +466,7 @@ def build_samples(
                                  partitions)
     samples = (
         built.transform(profiles.with_demographics, demographics, demographic_fields)
-        .transform(protocols.with_split, protocol, config.train_end_date)
+        .transform(protocols.with_split, protocol, train_end)
     )
     contract_columns = [F.col(c.name).cast(c.spark_type) for c in samples_contract.COLUMNS]
     spark.write_delta(samples.select(*contract_columns), f"{root}/samples", "date",
@@ -482,6 +494,32 @@ def build_samples(
     stage("samples", started, user_days=totals["rows"], requests=totals["requests"],
           candidates=totals["candidates"], positives=totals["pos"],
           dropped_requests=requested - (totals["requests"] or 0))
+
+
+def resplit(
+    spark_session: SparkSession, config: EtlConfig, root: str, first: str, last: str,
+    train_end: str,
+) -> None:
+    """The rolling date split (SplitRule.DATE) on the days this run did not write: days up to
+    `train_end` are train, later ones test. A daily run of a new newest day moves the day(s)
+    before it from test back to train (a Delta UPDATE that rewrites only their files)."""
+    if config.protocol.split != SplitRule.DATE:
+        return
+    from delta.tables import DeltaTable
+
+    path = f"{root}/samples"
+    rule = F.when(F.col("date") <= train_end, "train").otherwise("test")
+    other_days = ~F.col("date").between(first, last)
+    stale = spark.read_delta(spark_session, path).where(other_days & (F.col("split") != rule))
+    moved = sorted({(row["date"], row["split"]) for row in
+                    stale.select("date", "split").distinct().collect()})  # one row per day
+    if not moved:
+        return
+    DeltaTable.forPath(spark_session, path).update(other_days & (F.col("split") != rule),
+                                                   {"split": rule})
+    log.info("re-split (test days up to the newest built day): %s",
+             ", ".join(f"{day} {split} -> {'train' if day <= train_end else 'test'}"
+                       for day, split in moved))
 
 
 def previous_day(day: str) -> str:
@@ -701,7 +739,9 @@ def preflight(args: argparse.Namespace) -> tuple[EtlConfig, str, str, str, str |
         raise JobError(f"--files-per-day {args.files_per_day} must be >= 1")
     if args.shuffle_partitions is not None and args.shuffle_partitions < 1:
         raise JobError(f"--shuffle-partitions {args.shuffle_partitions} must be >= 1")
-    first, last = run_dates(config, args.date)
+    if args.through is not None and args.date is not None:
+        raise JobError("--through D builds the range up to D; --date D builds day D: not both")
+    first, last = run_dates(config, args.date, args.through)
     if args.incremental and args.date is None:
         raise JobError("--incremental needs --date D (one day built on the state as of D - 1)")
     events_input, profiles_input = check_paths(config, args.input, args.output)
@@ -738,8 +778,10 @@ def run(args: argparse.Namespace) -> FeatureSpec:
             args.min_accepted_share, built[0] if built else None,
             allow_empty=args.date is not None and args.min_accepted_share == 0 and continues)
         prior = read_state(session, root, prior_version) if args.incremental else None
+        train_end = config.train_end_date(built_days(session, root)[-1])
         build_samples(session, config, root, first, last, demographics, fields,
-                      args.files_per_day, prior)
+                      args.files_per_day, train_end, prior)
+        resplit(session, config, root, first, last, train_end)
         build_state(session, config, root, first, last, prior_version, args.incremental)
         spec_started = time.time()
         spec = feature_spec(session, config, root, demographics, fields)

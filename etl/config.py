@@ -38,7 +38,7 @@ class Sampling(str, Enum):
 
 
 class SplitRule(str, Enum):
-    DATE = "date"  # the last `test_days` days are test
+    DATE = "date"  # the last `test_days` days up to the newest built day are test
     USER_RECENCY = "user_recency"  # users whose last activity is latest are test (mimn_sim)
 
 
@@ -51,7 +51,9 @@ class SourceConfig:
     time_zone: IANA zone that defines the calendar day.
     behaviors: behavior names; code i + 1 is behaviors[i] (docs/data.md).
     positive_behavior: the behavior that makes a request positive.
-    test_days: how many of the last days form the test split (SplitRule.DATE).
+    test_days: how many days, up to the newest day built so far, form the test split
+        (SplitRule.DATE): a full build's last days; a daily run's own day (the day before goes
+        back to train).
     """
 
     format: SourceFormat
@@ -147,10 +149,10 @@ class EtlConfig:
         if self.short_len > self.max_len:
             raise ConfigError("short_len must be <= max_len")
 
-    @property
-    def train_end_date(self) -> str:
-        """Last training day (SplitRule.DATE): days after it are test."""
-        end = date.fromisoformat(self.source.end_date) - timedelta(days=self.source.test_days)
+    def train_end_date(self, newest_day: str) -> str:
+        """Last training day (SplitRule.DATE) when the tables' newest built day is `newest_day`:
+        the days after it are test."""
+        end = date.fromisoformat(newest_day) - timedelta(days=self.source.test_days)
         return end.isoformat()
 
 

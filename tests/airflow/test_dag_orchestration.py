@@ -28,7 +28,7 @@ parser = argparse.ArgumentParser()
 for flag in ("--input", "--output"):
     parser.add_argument(flag, required=True)
 parser.add_argument("--date")
-parser.add_argument("--end-date")  # a full-range run: the whole range, ending there
+parser.add_argument("--through")  # a full-range run: the range's days up to this one
 parser.add_argument("--incremental", action="store_true")
 args = parser.parse_args(rest)
 root = Path(args.output)
@@ -40,7 +40,7 @@ FeatureSpec(
     num_items=100, num_categories=5, max_item_id=100, max_category_id=5, max_len=64, short_len=8,
     top_categories=3, dense_features=("n_pv",),
     splits={"train": SplitStats(("2017-11-25",), 100, 2000, 100),
-            "test": SplitStats((args.date or args.end_date,), 10, 200, 10)},
+            "test": SplitStats((args.date or args.through,), 10, 200, 10)},
     tables={"samples": "samples"},
 ).write(root)
 PY
@@ -151,7 +151,7 @@ def test_warm_start_gate_and_publish_across_four_days(airflow_python, stub_repo,
     # Day 1 builds the history up to its own day (the state as of day 1), the others one day each
     # from the day before's state.
     assert "--date" not in etl_calls[0]["args"] and "--incremental" not in etl_calls[0]["args"]
-    assert etl_calls[0]["args"][-2:] == ["--end-date", "2017-12-01"]
+    assert etl_calls[0]["args"][-2:] == ["--through", "2017-12-01"]
     assert [call["args"][-3:] for call in etl_calls[1:]] == [
         ["--incremental", "--date", day] for day, _ in days[1:]
     ]

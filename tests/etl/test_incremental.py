@@ -3,6 +3,8 @@ per-user state as of the day before give exactly the rows of a build from the wh
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from contract.feature_spec import FeatureSpec
 from etl import build_sequences, state
 from etl.sampling import DayPools
 from etl.sequences import EVENT_COLUMNS, EventChunk, SampleSpec, process
@@ -24,9 +27,14 @@ def table(root: Path, name: str) -> list[dict]:
 
 
 def canonical(root: Path, name: str, days: tuple[str, ...] | None = None) -> list[tuple]:
+    """The table's rows (of `days`) as sorted tuples; with `days`, samples carry the split of
+    tables built up to the last of them (the date split rolls: that day is test)."""
     rows = table(root, name)
     if days is not None:
         rows = [row for row in rows if row["date"] in days]
+        for row in rows:
+            if "split" in row:
+                row["split"] = "test" if row["date"] == max(days) else "train"
     return sorted(tuple(repr(v) for v in row.values()) for row in rows)
 
 
@@ -186,6 +194,33 @@ def test_maintenance_on_the_state_table_does_not_break_the_daily_chain(
     assert code == 0
     for name in ("events", "samples", "profiles"):
         assert canonical(tmp_path, name) == canonical(full_build, name, DAYS[:2]), name
+
+
+@pytest.mark.spark
+def test_a_first_run_through_a_day_leaves_the_later_days_to_their_runs(
+    spark, full_build, raw_log, build_cli, tmp_path, caplog
+):
+    """A daily pipeline's first run on the whole log (`--through D`): the days up to D are built,
+    the later days' rows are neither events nor quarantined (they used to be quarantined as
+    timestamp_out_of_range, then accepted by the next day's run: counted twice), D is the test
+    split; the next day's incremental run takes the test split over and D returns to train."""
+    caplog.set_level(logging.INFO, logger="etl.build_sequences")
+    assert build_sequences.main(build_cli(raw_log, tmp_path, "--through", DAYS[1])) == 0
+    for name in ("events", "samples", "profiles"):
+        assert canonical(tmp_path, name) == canonical(full_build, name, DAYS[:2]), name
+    quarantined = sorted(repr(row) for row in table(tmp_path, "quarantine"))
+    assert quarantined == sorted(repr(row) for row in table(full_build, "quarantine")
+                                 if row["run_date"] in DAYS[:2])
+    later = sum(1 for row in table(full_build, "events") if row["date"] == DAYS[2])
+    later += sum(1 for row in table(full_build, "quarantine") if row["run_date"] == DAYS[2])
+    assert later > 0 and re.findall(r"other_day=(\d+)", caplog.text) == [str(later)]
+    code = build_sequences.main(build_cli(raw_log, tmp_path, "--date", DAYS[2], "--incremental"))
+    assert code == 0
+    for name in TABLES:
+        assert canonical(tmp_path, name) == canonical(full_build, name), name
+    assert f"{DAYS[1]} test -> train" in caplog.text
+    splits = FeatureSpec.read(tmp_path).splits
+    assert splits["test"].dates == (DAYS[2],) and splits["train"].dates == DAYS[:2]
 
 
 @pytest.mark.spark
