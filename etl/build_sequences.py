@@ -508,15 +508,17 @@ def resplit(
     from delta.tables import DeltaTable
 
     path = f"{root}/samples"
-    rule = F.when(F.col("date") <= train_end, "train").otherwise("test")
-    other_days = ~F.col("date").between(first, last)
-    stale = spark.read_delta(spark_session, path).where(other_days & (F.col("split") != rule))
-    moved = sorted({(row["date"], row["split"]) for row in
-                    stale.select("date", "split").distinct().collect()})  # one row per day
+    # Spelled out per split value (not `split != rule`) so that Delta's data skipping can pass
+    # over files whose statistics say all their rows have the right split.
+    train_days = F.col("date") <= train_end
+    stale = ~F.col("date").between(first, last) & (
+        (train_days & (F.col("split") == "test")) | (~train_days & (F.col("split") == "train")))
+    moved = sorted({(row["date"], row["split"]) for row in spark.read_delta(spark_session, path)
+                    .where(stale).select("date", "split").distinct().collect()})  # a row per day
     if not moved:
         return
-    DeltaTable.forPath(spark_session, path).update(other_days & (F.col("split") != rule),
-                                                   {"split": rule})
+    rule = F.when(train_days, "train").otherwise("test")
+    DeltaTable.forPath(spark_session, path).update(stale, {"split": rule})
     log.info("re-split (test days up to the newest built day): %s",
              ", ".join(f"{day} {split} -> {'train' if day <= train_end else 'test'}"
                        for day, split in moved))
