@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -291,6 +292,30 @@ def random_bytes(size: int) -> bytes:
     import random
 
     return random.Random(3).randbytes(size)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--through", "2017-11-26", "--date", "2017-11-26"], "not both"),
+        (["--through", "2017-12-09"], "--through 2017-12-09 is outside the configured range"),
+        (["--through", "26.11.2017"], "--through '26.11.2017'"),
+        (["--through", "2017-11-26", "--incremental"], "--incremental needs --date D"),
+    ],
+)
+def test_a_bad_through_day_is_refused_before_spark_starts(raw_log, tmp_path, extra, message):
+    args = build_sequences.parse_args(["--input", str(raw_log), "--output", str(tmp_path),
+                                       *extra])
+    with pytest.raises(build_sequences.JobError, match=re.escape(message)):
+        build_sequences.preflight(args)
+
+
+def test_through_builds_the_range_up_to_that_day(raw_log, tmp_path):
+    args = build_sequences.parse_args(["--input", str(raw_log), "--output", str(tmp_path),
+                                       "--through", "2017-11-27"])
+    config, first, last, *_ = build_sequences.preflight(args)
+    assert (first, last) == (config.source.start_date, "2017-11-27")
+    assert config.source.end_date == "2017-12-03"  # the range stays: later rows are other_day
 
 
 def test_spark_submit_wrapper_checks_arguments_before_starting_spark(tmp_path):
