@@ -2,8 +2,8 @@
 
     bash scripts/spark_submit.sh etl/build_sequences.py --input RAW --output ROOT \
         [--source taobao|feed] [--protocol cain|dare|eta_sdim|ubr4ctr|mimn_sim|feed_click] \
-        [--date YYYY-MM-DD [--incremental] | --through YYYY-MM-DD] [--max-len 1024] [--short-len 50] [--negatives 19] \
-        [--sampling popularity|uniform] [--seed 2017]
+        [--date YYYY-MM-DD [--incremental] | --through YYYY-MM-DD] [--max-len 1024] \
+        [--short-len 50] [--negatives 19] [--sampling popularity|uniform] [--seed 2017]
     python etl/build_sequences.py ...   (same flags; starts a local Spark with Delta itself)
 
 Without `--date` the whole configured range is (re)built (`--through D`: its days up to D, the
