@@ -517,8 +517,8 @@ def resplit(
                     .where(stale).select("date", "split").distinct().collect()})  # a row per day
     if not moved:
         return
-    rule = F.when(train_days, "train").otherwise("test")
-    DeltaTable.forPath(spark_session, path).update(stale, {"split": rule})
+    DeltaTable.forPath(spark_session, path).update(stale,
+                                                   {"split": protocols.date_split(train_end)})
     log.info("re-split (test days up to the newest built day): %s",
              ", ".join(f"{day} {split} -> {'train' if day <= train_end else 'test'}"
                        for day, split in moved))

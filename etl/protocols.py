@@ -32,7 +32,7 @@ from functools import partial
 
 import pyarrow as pa
 from pyspark import Broadcast
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from etl import sequences
@@ -84,12 +84,16 @@ def samples(events: DataFrame, pools: Broadcast | None, spec: sequences.SampleSp
                               sequences.SAMPLE_DDL)
 
 
+def date_split(train_end_date: str) -> Column:
+    """SplitRule.DATE's `split`: the days up to train_end_date are train, later ones test."""
+    return F.when(F.col("date") <= train_end_date, "train").otherwise("test")
+
+
 def with_split(
     samples: DataFrame, protocol: ProtocolConfig, train_end_date: str
 ) -> DataFrame:
     if protocol.split == SplitRule.DATE:
-        split = F.when(F.col("date") <= train_end_date, "train").otherwise("test")
-        return samples.withColumn("split", split)
+        return samples.withColumn("split", date_split(train_end_date))
     # USER_RECENCY: one row per user; the latest test_fraction of users (by their request time)
     # are test. A global ordering: fine for one row per user.
     recency = Window.orderBy(F.try_element_at("request_ts", F.lit(-1)).desc(), F.col("user_id"))
