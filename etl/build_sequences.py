@@ -520,8 +520,8 @@ def resplit(
     DeltaTable.forPath(spark_session, path).update(stale,
                                                    {"split": protocols.date_split(train_end)})
     log.info("re-split (test days up to the newest built day): %s",
-             ", ".join(f"{day} {split} -> {'train' if day <= train_end else 'test'}"
-                       for day, split in moved))
+             ", ".join(f"{day} {split} -> {'train' if split == 'test' else 'test'}"
+                       for day, split in moved))  # a stale day's split flips
 
 
 def previous_day(day: str) -> str:
