@@ -149,6 +149,13 @@ class TrainConfig:
         P >= 2 to use it.
     dense_lr: Adam learning rate of the dense (replicated) parameters (paper: 1e-3).
     sparse_optimizer / sparse_lr: fused optimizer of the embedding tables.
+    sparse_eps: the fused optimizer's epsilon, added to the root of a row's squared-gradient
+        accumulator (FBGEMM's default 1e-8). Row-wise Adagrad's first update of a row moves it by
+        about sparse_lr per element however small its gradient; an epsilon near the gradients'
+        size damps the updates of rarely seen rows (as Adagrad's initial accumulator does).
+    sparse_weight_decay: decoupled weight decay of the embedding rows (FBGEMM's DECOUPLE mode, as
+        AdamW): each update of a row also shrinks it by sparse_lr x this fraction; rows not looked
+        up in a step are not touched. 0: off.
     warmup_steps: the learning rates of both optimizers rise linearly from 0 over these steps.
     lr_schedule / min_lr_ratio: after the warm-up, the rates follow the schedule down to
         min_lr_ratio x the configured rate at the last planned step.
@@ -185,6 +192,8 @@ class TrainConfig:
     dense_lr: float = 1e-3
     sparse_optimizer: SparseOptimizer = SparseOptimizer.ROWWISE_ADAGRAD
     sparse_lr: float = 0.01
+    sparse_eps: float = 1e-8
+    sparse_weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: LRSchedule = LRSchedule.CONSTANT
     min_lr_ratio: float = 0.1
@@ -217,6 +226,7 @@ class TrainConfig:
                 "keep_checkpoints",
                 "dense_lr",
                 "sparse_lr",
+                "sparse_eps",
             ),
             "train",
         )
@@ -227,6 +237,7 @@ class TrainConfig:
             "validate_every",
             "warmup_steps",
             "grad_clip_norm",
+            "sparse_weight_decay",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
@@ -245,6 +256,11 @@ class TrainConfig:
             raise ConfigError(
                 "train.validate_every: not with train.pipeline (the pipeline holds the model's "
                 "forward until the epoch ends)"
+            )
+        if self.sparse_weight_decay and self.sparse_optimizer is SparseOptimizer.ADAM:
+            raise ConfigError(
+                "train.sparse_weight_decay: not with sparse_optimizer adam (TorchRec builds "
+                "torch.optim.Adam, which takes no decay mode); use rowwise_adagrad or rowwise_adam"
             )
         if self.evaluate_only and not self.warm_start:
             raise ConfigError(

@@ -2,7 +2,9 @@
 
 - Sparse: the embedding tables' optimizer is *fused* into the backward pass (FBGEMM's TBE applies
   it to the looked-up rows as their gradients arrive; `attach_sparse_optimizer`, before DMP
-  shards the tables). Row-wise Adagrad, partial row-wise Adam or Adam, at `train.sparse_lr`.
+  shards the tables). Row-wise Adagrad, partial row-wise Adam or Adam, at `train.sparse_lr`,
+  with `train.sparse_eps` and decoupled weight decay `train.sparse_weight_decay` (FBGEMM ignores a
+  weight decay whose mode is left at its default NONE, so the mode is always passed with it).
 - Dense: Adam at `train.dense_lr` over the replicated parameters, after DDP has averaged their
   gradients, with optional global-norm clipping (`clip_dense_gradients`).
 - `CombinedOptimizer` holds both, so a checkpoint saves both states.
@@ -19,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.distributed import DistributedModelParallel
 from torchrec.optim import PartialRowWiseAdam, RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -39,8 +42,17 @@ def attach_sparse_optimizer(sparse_arch: nn.Module, config: TrainConfig) -> None
     apply_optimizer_in_backward(
         SPARSE_OPTIMIZERS[config.sparse_optimizer],
         list(sparse_arch.parameters()),
-        {"lr": config.sparse_lr},
+        sparse_optimizer_options(config),
     )
+
+
+def sparse_optimizer_options(config: TrainConfig) -> dict:
+    """The fused optimizer's arguments (TorchRec hands them to FBGEMM's TBE as fused params)."""
+    options: dict = {"lr": config.sparse_lr, "eps": config.sparse_eps}
+    if config.sparse_weight_decay:
+        options["weight_decay"] = config.sparse_weight_decay
+        options["weight_decay_mode"] = WeightDecayMode.DECOUPLE
+    return options
 
 
 def dense_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

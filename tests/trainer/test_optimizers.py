@@ -1,0 +1,79 @@
+"""The fused sparse optimizer's options reach FBGEMM's kernel (one real DMP process on CPU)."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+
+from trainer.config import Backend, ConfigError, SparseOptimizer, TrainConfig
+from trainer.distributed import distribute, init_process_group, shutdown_process_group
+from trainer.optimizers import attach_sparse_optimizer
+
+STEPS = 3
+
+
+def _row_after_steps(config: TrainConfig, gradient_scale: float) -> tuple[list, list]:
+    """Row 1 of a one-table DMP before and after STEPS steps of loss = scale x sum(row 1)."""
+    group = init_process_group(Backend.GLOO)
+    torch.manual_seed(0)
+    tables = EmbeddingCollection(
+        tables=[EmbeddingConfig(name="t", embedding_dim=4, num_embeddings=10, feature_names=["f"])],
+        device=torch.device("meta"),
+    )
+    attach_sparse_optimizer(tables, config)
+    model, _ = distribute(nn.ModuleDict({"tables": tables}), group, config)
+    row_one = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1]), torch.tensor([1]))
+
+    def lookup() -> torch.Tensor:
+        return model.module["tables"](row_one)["f"].values()[0]
+
+    before = lookup().detach().clone()
+    for _ in range(STEPS):
+        (lookup().sum() * gradient_scale).backward()
+    after = lookup().detach().clone()
+    del model
+    shutdown_process_group(succeeded=True)
+    return before.tolist(), after.tolist()
+
+
+def _worker(_rank: int, options: dict, gradient_scale: float, queue) -> None:
+    queue.put(_row_after_steps(TrainConfig(**options), gradient_scale))
+
+
+def _run(gradient_scale: float = 0.0, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    queue = multiprocessing.get_context("spawn").Queue()
+    mp.start_processes(
+        _worker, args=(options, gradient_scale, queue), nprocs=1, start_method="spawn"
+    )
+    before, after = queue.get(timeout=120)
+    return torch.tensor(before), torch.tensor(after)
+
+
+def test_sparse_weight_decay_shrinks_a_looked_up_row_by_lr_times_decay_per_step():
+    before, after = _run(sparse_lr=0.05, sparse_weight_decay=0.1)
+    # no loss gradient: only the decoupled decay moves the row, by (1 - lr x decay) per step
+    assert torch.allclose(after, before * (1 - 0.05 * 0.1) ** STEPS, rtol=1e-5)
+    untouched_before, untouched_after = _run(sparse_lr=0.05)
+    assert torch.equal(untouched_before, untouched_after)
+
+
+def test_a_larger_sparse_eps_damps_the_updates_of_small_gradients():
+    plain_before, plain_after = _run(1e-3, sparse_lr=0.05)
+    damped_before, damped_after = _run(1e-3, sparse_lr=0.05, sparse_eps=1e-2)
+    assert torch.equal(plain_before, damped_before)
+    plain_step = (plain_after - plain_before).abs().max()
+    damped_step = (damped_after - damped_before).abs().max()
+    # row-wise Adagrad's normalised steps: lr / sqrt(k) per element at the k-th equal gradient,
+    # however small it is
+    assert plain_step == pytest.approx(0.05 * sum(k**-0.5 for k in range(1, STEPS + 1)), rel=1e-3)
+    assert damped_step < plain_step / 5
+
+
+def test_sparse_weight_decay_is_refused_with_the_plain_adam_optimizer():
+    with pytest.raises(ConfigError, match="sparse_weight_decay"):
+        TrainConfig(sparse_optimizer=SparseOptimizer.ADAM, sparse_weight_decay=0.1)
