@@ -167,6 +167,8 @@ class TrainConfig:
         keeps strict fp32. Ignored on CPU.
     sharding_type: table_wise, row_wise or column_wise for every table.
     seed: seeds parameters, shuffling and everything random.
+    data_seed: seeds only the shuffling of the training rows (None: `seed`). Holding one of the
+        two fixed while the other varies tells initialisation from data order in a seed spread.
     log_every: steps between log lines / TensorBoard points.
     checkpoint_every: steps between checkpoints (0: only at the end).
     keep_checkpoints: how many step checkpoints to keep.
@@ -203,6 +205,7 @@ class TrainConfig:
     tf32: bool = False
     sharding_type: ShardingType = ShardingType.TABLE_WISE
     seed: int = 2024
+    data_seed: int | None = None
     log_every: int = 20
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -212,6 +215,11 @@ class TrainConfig:
     pipeline: bool = False
     backend: Backend = Backend.AUTO
     progress: bool = True
+
+    @property
+    def shuffle_seed(self) -> int:
+        """The seed of the training rows' shuffle."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def __post_init__(self) -> None:
         if self.warm_start == "":

@@ -251,7 +251,7 @@ def build_data(config: Config, group: ProcessGroup) -> Data:
             batch_size=config.train.batch_size if training else config.train.eval_batch_size,
             shuffle_rows=config.data.shuffle_buffer_rows,
             read_rows=config.data.read_rows,
-            seed=config.train.seed if training else None,
+            seed=config.train.shuffle_seed if training else None,
             rank=group.rank,
         )
     logger.info(

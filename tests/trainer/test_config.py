@@ -120,3 +120,27 @@ def test_validation_switches_are_checked(overrides, named):
     with pytest.raises(ConfigError) as error:
         load_config(None, ["model.name=cain", *overrides])
     assert named in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["train.sparse_eps=0"], "train.sparse_eps: must be positive"),
+        (["train.sparse_weight_decay=-0.1"], "train.sparse_weight_decay: must be >= 0"),
+        (
+            ["train.sparse_weight_decay=0.1", "train.sparse_optimizer=adam"],
+            "train.sparse_weight_decay: not with sparse_optimizer adam",
+        ),
+    ],
+)
+def test_sparse_optimizer_options_are_checked(overrides, named):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert named in str(error.value)
+
+
+def test_the_data_seed_seeds_the_shuffle_alone_and_defaults_to_the_seed():
+    assert load_config(None, ["train.seed=5"]).train.shuffle_seed == 5
+    both = load_config(None, ["train.seed=5", "train.data_seed=3"]).train
+    assert (both.seed, both.shuffle_seed) == (5, 3)
+    assert load_config(None, ["train.seed=5", "train.data_seed=null"]).train.shuffle_seed == 5
