@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
+
+# the TBE's own module (the mode's home moved between FBGEMM releases; the TBE imports it here)
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
-from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.distributed import DistributedModelParallel
 from torchrec.optim import PartialRowWiseAdam, RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
