@@ -114,17 +114,6 @@ def test_options_may_follow_the_overrides(tmp_path):
             ["train.validate_every=100", "train.pipeline=true", "data.validation_days=1"],
             "train.validate_every: not with train.pipeline",
         ),
-    ],
-)
-def test_validation_switches_are_checked(overrides, named):
-    with pytest.raises(ConfigError) as error:
-        load_config(None, ["model.name=cain", *overrides])
-    assert named in str(error.value)
-
-
-@pytest.mark.parametrize(
-    "overrides,named",
-    [
         (["train.sparse_eps=0"], "train.sparse_eps: must be positive"),
         (["train.sparse_weight_decay=-0.1"], "train.sparse_weight_decay: must be >= 0"),
         (
@@ -133,9 +122,9 @@ def test_validation_switches_are_checked(overrides, named):
         ),
     ],
 )
-def test_sparse_optimizer_options_are_checked(overrides, named):
+def test_validation_switches_are_checked(overrides, named):
     with pytest.raises(ConfigError) as error:
-        load_config(None, overrides)
+        load_config(None, ["model.name=cain", *overrides])
     assert named in str(error.value)
 
 

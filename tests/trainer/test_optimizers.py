@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
-from trainer.config import Backend, ConfigError, SparseOptimizer, TrainConfig
+from trainer.config import Backend, TrainConfig
 from trainer.distributed import distribute, init_process_group, shutdown_process_group
 from trainer.optimizers import attach_sparse_optimizer
 
@@ -73,7 +73,3 @@ def test_a_larger_sparse_eps_damps_the_updates_of_small_gradients():
     assert plain_step == pytest.approx(0.05 * sum(k**-0.5 for k in range(1, STEPS + 1)), rel=1e-3)
     assert damped_step < plain_step / 5
 
-
-def test_sparse_weight_decay_is_refused_with_the_plain_adam_optimizer():
-    with pytest.raises(ConfigError, match="sparse_weight_decay"):
-        TrainConfig(sparse_optimizer=SparseOptimizer.ADAM, sparse_weight_decay=0.1)
