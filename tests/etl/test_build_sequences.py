@@ -155,6 +155,14 @@ def test_daily_runs_are_idempotent_and_add_up_to_the_full_build(
         map(sorted_items, full.file_samples.values())
     )
     assert replace(daily, file_samples={}) == replace(full, file_samples={})
+    # Each new day moved the day before from test to train by a Delta UPDATE that rewrote that
+    # day's files only: data skipping passed over every other file (no row copied unchanged).
+    rows_per_day = Counter(row["date"] for row in table(tmp_path, "samples"))
+    updates = [commit["operationMetrics"] for commit in DeltaTable(str(tmp_path / "samples"))
+               .history() if commit["operation"] == "UPDATE"]
+    assert sorted(int(update["numUpdatedRows"]) for update in updates) == sorted(
+        rows_per_day[day] for day in DAYS[:-1])
+    assert all(int(update["numCopiedRows"]) == 0 for update in updates)
 
 
 def sorted_items(counts: dict[str, int]) -> list:
