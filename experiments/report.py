@@ -12,6 +12,12 @@ spread** when |mean difference| is larger than the seed spread, the larger of th
 standard deviations over seeds: a gain smaller than what changing the seed alone does is not
 told apart from noise. With fewer than two
 paired seeds there is no spread and the answer is "n/a".
+
+The screen ignores the pairing; the **95 % confidence interval** of the mean paired difference
+(Student's t with n - 1 degrees of freedom: mean ± t·std/√n) uses it: a variant that gains
+0.001 on every seed while the seeds themselves spread by 0.005 has a narrow interval away from 0.
+It assumes the per-seed differences are roughly normal; with 2 seeds t is 12.7, so the interval
+is wide unless the differences agree closely.
 """
 
 from __future__ import annotations
@@ -71,6 +77,22 @@ class Spread:
         return mean if math.isnan(self.std) else f"{mean} ± {self.std:.{digits}f}"
 
 
+# Student's t, 97.5 % quantile, for 1..30 degrees of freedom (beyond: series in 1/df).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_975(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with `df` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964  # Abramowitz & Stegun 26.7.5, three terms: within 0.001 from df = 30 on
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A variant minus its reference, paired by seed, for one metric."""
@@ -84,6 +106,28 @@ class Comparison:
         if self.difference.n < 2 or math.isnan(self.seed_spread):
             return None
         return abs(self.difference.mean) > self.seed_spread
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95 % confidence interval of the mean paired difference (None below 2 seeds)."""
+        n = self.difference.n
+        if n < 2:
+            return None
+        half = t_975(n - 1) * self.difference.std / math.sqrt(n)
+        return self.difference.mean - half, self.difference.mean + half
+
+    @property
+    def interval_excludes_zero(self) -> bool | None:
+        interval = self.interval
+        return None if interval is None else interval[0] > 0 or interval[1] < 0
+
+    def format(self, digits: int = 4) -> str:
+        """`mean ± std [low, high] (verdict)`: the interval, then the seed-spread screen."""
+        verdict = {True: "**yes**", False: "no", None: "n/a"}[self.exceeds_seed_spread]
+        interval = self.interval
+        shown = "" if interval is None else " [" + ", ".join(
+            f"{bound:+.{digits}f}" for bound in interval) + "]"
+        return f"{self.difference.format(digits, signed=True)}{shown} ({verdict})"
 
 
 def paired_comparison(
@@ -128,6 +172,9 @@ class VariantSummary:
                     "n": comparison.difference.n,
                     "seed_spread": comparison.seed_spread,
                     "exceeds_seed_spread": comparison.exceeds_seed_spread,
+                    "interval_95": None if comparison.interval is None
+                    else list(comparison.interval),
+                    "interval_excludes_zero": comparison.interval_excludes_zero,
                 }
                 for name, comparison in self.comparisons.items()
             },
@@ -187,7 +234,8 @@ class SuiteReport:
         lines += [f"- {line}" for line in header]
         lines += [f"- {note}" for note in self.suite.notes]
         lines += [
-            "- Δ = variant − reference, paired by seed, mean ± std over seeds; **yes** when "
+            "- Δ = variant − reference, paired by seed, mean ± std over seeds, [the 95 % "
+            "confidence interval of the mean Δ] (Student's t over the paired seeds); **yes** when "
             "|mean Δ| exceeds the seed spread (the larger std over seeds of the two variants).",
             "",
         ]
@@ -208,12 +256,7 @@ class SuiteReport:
                 cells += ["(baseline)"] + ["–"] * len(self.metric_names)
             else:
                 cells.append(summary.comparisons["auc"].reference)
-                for metric in self.metric_names:
-                    comparison = summary.comparisons[metric]
-                    verdict = {True: "**yes**", False: "no", None: "n/a"}[
-                        comparison.exceeds_seed_spread
-                    ]
-                    cells.append(f"{comparison.difference.format(signed=True)} ({verdict})")
+                cells += [summary.comparisons[metric].format() for metric in self.metric_names]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 

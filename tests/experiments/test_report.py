@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments.report import RunResult, Spread, SuiteReport, paired_comparison
+from experiments.report import RunResult, Spread, SuiteReport, paired_comparison, t_975
 from experiments.suites import Suite, Variant
 
 
@@ -28,6 +28,26 @@ def test_paired_difference_is_taken_seed_by_seed():
     assert comparison.difference.std == pytest.approx(0.0, abs=1e-12)
     assert comparison.seed_spread == pytest.approx(0.1)
     assert comparison.exceeds_seed_spread is False
+    # The pairing tells it apart: every seed agrees, the interval is the point +0.01.
+    assert comparison.interval == pytest.approx((0.01, 0.01))
+    assert comparison.interval_excludes_zero is True
+
+
+def test_the_interval_is_students_t_over_the_paired_seeds():
+    comparison = paired_comparison({1: 0.72, 2: 0.723, 3: 0.717}, {1: 0.7, 2: 0.7, 3: 0.7}, "b")
+    half = 4.303 * 0.003 / math.sqrt(3)  # t(0.975, 2 df) x std / sqrt(n)
+    assert comparison.interval == pytest.approx((0.02 - half, 0.02 + half))
+    assert comparison.interval_excludes_zero is True
+    noisy = paired_comparison({1: 0.71, 2: 0.69, 3: 0.72}, {1: 0.7, 2: 0.7, 3: 0.7}, "b")
+    assert noisy.interval[0] < 0 < noisy.interval[1] and noisy.interval_excludes_zero is False
+
+
+@pytest.mark.parametrize(
+    ("df", "quantile"),
+    [(1, 12.706), (4, 2.776), (30, 2.042), (31, 2.040), (60, 2.000), (10**6, 1.960)],
+)
+def test_t_quantiles(df, quantile):
+    assert t_975(df) == pytest.approx(quantile, abs=1e-3)
 
 
 def test_a_gain_larger_than_the_seed_spread_exceeds_it():
@@ -45,6 +65,7 @@ def test_unpaired_seeds_are_left_out_and_one_seed_has_no_verdict():
     comparison = paired_comparison({1: 0.8, 2: 0.9}, {2: 0.7, 3: 0.1}, "base")
     assert comparison.difference.n == 1 and comparison.difference.mean == pytest.approx(0.2)
     assert comparison.exceeds_seed_spread is None
+    assert comparison.interval is None and comparison.interval_excludes_zero is None
 
 
 SUITE = Suite(
@@ -76,7 +97,10 @@ def test_report_table_and_summary(tmp_path):
     table = report.to_markdown(["data: somewhere"])
     assert "- data: somewhere" in table
     row = next(line for line in table.splitlines() if line.startswith("| b |"))
-    assert "0.7600 ± 0.0141" in row and "+0.0550 ± 0.0071 (**yes**)" in row
+    # 2 seeds: t = 12.706, half width 12.706 x 0.0071 / sqrt(2) = 0.0635
+    assert "0.7600 ± 0.0141" in row and "+0.0550 ± 0.0071 [-0.0085, +0.1185] (**yes**)" in row
+    assert auc["interval_95"] == pytest.approx([-0.00853, 0.11853], abs=1e-5)
+    assert auc["interval_excludes_zero"] is False
     assert "(baseline)" in next(line for line in table.splitlines() if line.startswith("| a |"))
     plot = report.plot(tmp_path / "tiny.png")
     assert plot is not None and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
