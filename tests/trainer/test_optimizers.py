@@ -72,4 +72,3 @@ def test_a_larger_sparse_eps_damps_the_updates_of_small_gradients():
     # however small it is
     assert plain_step == pytest.approx(0.05 * sum(k**-0.5 for k in range(1, STEPS + 1)), rel=1e-3)
     assert damped_step < plain_step / 5
-
