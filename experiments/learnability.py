@@ -21,7 +21,8 @@ each trigger's lag is uniform either way; one candidate, the target T_p, clicked
 1/2 + strength/2. Everything else is a *distractor*, random and unrelated to the label: item
 categories (fixed per item), side features (behavior, time gap, watch time), demographics, top
 categories and dense profile features. `--no-distractors` makes them all constant (one
-category, zeros), so only the item sequence varies: the same draws otherwise.
+category, zeros), so only the item sequence varies: the same draws otherwise; `--distractors
+side,profile` keeps only the named groups random (`Distractor`: category, side, profile).
 
 `--rule presence` is the sanity check: the same draws, but an "apart" request loses its second
 trigger (its slot keeps the ordinary item), so the label says whether B_p is in the far window at
@@ -35,7 +36,8 @@ candidate's embedding -> MLP. The ReLU before the pooling is what lets it repres
 B"; in CAIN (eq. 5) the TCN output is linear and only the attention's weighting is non-linear in
 it.
 
-Training: every parameter (the embedding tables too) with Adam, batches of fresh requests from
+Training: every parameter (the embedding tables too) with Adam (`--optimizer sgd`: SGD with
+momentum 0.9), batches of fresh requests from
 one seeded stream; evaluation on a held-out set from another stream; one line per evaluation.
 The printed table: each model's held-out AUC after every evaluation and the ceiling.
 """
@@ -73,6 +75,17 @@ class Rule(Enum):
     PRESENCE = "presence"  # B_p in the far window at all: a single item, the sanity check
 
 
+class Distractor(Enum):
+    """A group of inputs that are random and unrelated to the label (constant when left out)."""
+
+    CATEGORY = "category"  # item categories (fixed per item) of the history and the candidate
+    SIDE = "side"  # per-event side features: behavior, time gap, watch time
+    PROFILE = "profile"  # demographics, top categories, dense profile features
+
+
+ALL_DISTRACTORS = frozenset(Distractor)
+
+
 @dataclass(frozen=True)
 class PlantedTask:
     """The planted co-occurrence rule in model space (see the module docstring)."""
@@ -84,7 +97,7 @@ class PlantedTask:
     lag_max: int = 120
     pairs: int = PAIRS
     rule: Rule = Rule.COOCCURRENCE
-    distractors: bool = True
+    distractors: frozenset[Distractor] = ALL_DISTRACTORS
 
     @property
     def span(self) -> int:
@@ -135,36 +148,39 @@ class PlantedTask:
         lengths = torch.full((num_requests,), length, dtype=torch.long)
         flat = history.reshape(-1)
 
-        def distractor(values: torch.Tensor) -> torch.Tensor:
-            """Random ids with distractors on; one constant id (0) without: the same draws."""
-            return values if self.distractors else torch.zeros_like(values)
+        def distractor(kind: Distractor, values: torch.Tensor) -> torch.Tensor:
+            """Random ids when `kind` is on; one constant id (0) when off: the same draws."""
+            return values if kind in self.distractors else torch.zeros_like(values)
 
         top_lengths = torch.full((num_requests,), spec.top_categories, dtype=torch.long)
         features = {
             Keys.CANDIDATE_ITEM: (target, ones),
-            Keys.CANDIDATE_CATEGORY: (distractor(item_category[target]), ones),
+            Keys.CANDIDATE_CATEGORY: (distractor(Distractor.CATEGORY, item_category[target]), ones),
             Keys.HISTORY_ITEM: (flat, lengths),
-            Keys.HISTORY_CATEGORY: (distractor(item_category[flat]), lengths),
+            Keys.HISTORY_CATEGORY: (distractor(Distractor.CATEGORY, item_category[flat]), lengths),
             Keys.HISTORY_BEHAVIOR: (
-                distractor(integers(0, len(spec.behaviors), flat.shape)) + 1,
+                distractor(Distractor.SIDE, integers(0, len(spec.behaviors), flat.shape)) + 1,
                 lengths,
             ),
             Keys.HISTORY_TIME_GAP: (
-                distractor(integers(0, rows["time_gap"], flat.shape)),
+                distractor(Distractor.SIDE, integers(0, rows["time_gap"], flat.shape)),
                 lengths,
             ),
             Keys.HISTORY_WATCH_TIME: (
-                distractor(integers(0, rows["watch_time"], flat.shape)),
+                distractor(Distractor.SIDE, integers(0, rows["watch_time"], flat.shape)),
                 lengths,
             ),
             Keys.PROFILE_TOP_CATEGORY: (
-                distractor(integers(0, spec.num_categories, (num_requests * spec.top_categories,))),
+                distractor(
+                    Distractor.PROFILE,
+                    integers(0, spec.num_categories, (num_requests * spec.top_categories,)),
+                ),
                 top_lengths,
             ),
         }
         for name, cardinality in spec.demographics.items():
             features[Keys.demographic(name)] = (
-                distractor(integers(0, cardinality, (num_requests,))),
+                distractor(Distractor.PROFILE, integers(0, cardinality, (num_requests,))),
                 ones,
             )
         sparse = KeyedJaggedTensor(
@@ -177,7 +193,7 @@ class PlantedTask:
             dense_features=torch.randn(
                 num_requests, len(spec.dense_features), generator=generator
             )
-            * self.distractors,
+            * (Distractor.PROFILE in self.distractors),
             labels=labels,
             request_index=torch.arange(num_requests),
             user_ids=torch.arange(num_requests),
@@ -228,6 +244,7 @@ def train(
     steps: int,
     batch_size: int,
     lr: float,
+    optimizer_name: str,
     seed: int,
     evaluate_every: int,
     eval_batches: list[Batch],
@@ -236,7 +253,11 @@ def train(
     """-> [(step, held-out AUC)] after every `evaluate_every` steps and the last."""
     torch.manual_seed(seed)
     model = build(name, task.spec, overrides)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=lr)
+        if optimizer_name == "adam"
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    )
     generator = torch.Generator().manual_seed(seed)
     curve: list[tuple[int, float]] = []
     started = time.monotonic()
@@ -264,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=3)
     parser.add_argument("--rule", choices=[rule.value for rule in Rule], default="cooccurrence")
     parser.add_argument(
+        "--distractors",
+        default=",".join(kind.value for kind in Distractor),
+        help="comma list of the random input groups (category, side, profile); the others are "
+        "constant",
+    )
+    parser.add_argument(
         "--no-distractors",
         action="store_true",
         help="constant categories, side features and profile: only the item sequence varies",
@@ -273,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default="adam",
+        help="for every parameter; sgd = SGD with momentum 0.9 at --lr",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--eval-requests", type=int, default=4096)
     parser.add_argument("--evaluate-every", type=int, default=250)
@@ -285,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; registered: {', '.join(MODELS)}")
     overrides = dict(item.split("=", 1) for item in args.overrides)
+    kinds = {kind.value: kind for kind in Distractor}
+    chosen = [name for name in args.distractors.split(",") if name]
+    if any(name not in kinds for name in chosen):
+        parser.error(f"--distractors takes a comma list of {', '.join(kinds)}, got {chosen}")
+    distractors = frozenset() if args.no_distractors else frozenset(map(kinds.get, chosen))
     spec = tiny_feature_spec(
         max_len=args.max_len, short_len=50, num_items=args.items + 3 * PAIRS, num_categories=50
     )
@@ -293,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         strength=args.strength,
         window=args.window,
         rule=Rule(args.rule),
-        distractors=not args.no_distractors,
+        distractors=distractors,
     )
     eval_generator = torch.Generator().manual_seed(10_000 + args.seed)
     eval_batches, patterns = zip(
@@ -310,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             args.steps,
             args.batch_size,
             args.lr,
+            args.optimizer,
             args.seed,
             args.evaluate_every,
             list(eval_batches),

@@ -41,7 +41,7 @@ from model.layers.embedding import EmbeddedBatch, EmbeddingLayout
 from model.layers.mlp import OverArch
 from model.layers.request_groups import RequestGroups
 from model.layers.temporal_convolution import PersonalizedFilterGenerator
-from model.tables import table_layout
+from model.tables import EmbeddingInit, table_layout
 
 
 class ShortTermAttention(Enum):
@@ -64,6 +64,9 @@ class BodyConfig:
         short_term_heads: heads when that scorer is MULTI_HEAD.
         attention_hidden_dims: DIN activation-unit MLP (DIN code: 80-40), used wherever that
             unit appears.
+        embedding_init: how the tables' rows start (`model.tables.EmbeddingInit`): TorchRec's
+            ±sqrt(1/rows) per table, or every table at the largest table's bound (unpublished;
+            the trainer builds the tables with it).
         split_over_arch: when requests have several candidates, compute the over arch's profile
             term once per request (`OverArch.forward_split`; the same function and parameters);
             False always concatenates the profile per candidate (the reference).
@@ -76,6 +79,7 @@ class BodyConfig:
     short_term_attention: ShortTermAttention = ShortTermAttention.ACTIVATION_UNIT
     short_term_heads: int = 2
     attention_hidden_dims: tuple[int, ...] = (80, 40)
+    embedding_init: EmbeddingInit = EmbeddingInit.PER_TABLE
     split_over_arch: bool = True
 
 

@@ -97,5 +97,7 @@ def build_model(
         config = resolve_config(name, config)
     if sparse_arch is None:
         layout = table_layout(spec, config.max_table_rows, config.use_side_features)
-        sparse_arch = embedding_collection(layout, config.embedding_dim, device)
+        sparse_arch = embedding_collection(
+            layout, config.embedding_dim, device, config.embedding_init
+        )
     return MODELS[name][1](config, spec, sparse_arch)

@@ -6,6 +6,11 @@ the same embeddings). Raw ids are mapped to rows by `id % rows` in the data pipe
 land in an existing row (documented collision, the TorchRec/Criteo convention) instead of failing.
 All tables share one dimension: TorchRec's sequence `EmbeddingCollection` requires it.
 
+Rows start uniform in ±bound (`EmbeddingInit`): TorchRec's default bound is sqrt(1/rows) per
+table, so a table of 3 rows (behavior types) starts about 40 times louder than 5,000 item rows,
+and on the history the summed side features then drown the item ids they sit next to; `SHARED`
+starts every table at the largest table's bound (docs/models.md, "Embedding initialisation").
+
 The trainer builds the collection (`embedding_collection`, on the meta device so that
 `DistributedModelParallel` materialises only each rank's shards) and hands it to the model as its
 sparse stage (TorchRec's DLRM pattern); `LifelongCTRModel.check_sparse_arch` verifies it matches.
@@ -13,7 +18,9 @@ sparse stage (TorchRec's DLRM pattern); `LifelongCTRModel.check_sparse_arch` ver
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingConfig
@@ -21,6 +28,13 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 
 from contract.feature_spec import FeatureSpec
 from model.batch import Keys
+
+
+class EmbeddingInit(Enum):
+    """How the rows of every table start: uniform in ±bound."""
+
+    PER_TABLE = "per_table"  # TorchRec's default: bound sqrt(1/rows), per table
+    SHARED = "shared"  # every table at the largest table's bound sqrt(1/max rows)
 
 
 @dataclass(frozen=True)
@@ -36,13 +50,22 @@ class TableLayout:
     def rows_for_feature(self) -> dict[str, int]:
         return {key: self.rows[table] for table, keys in self.features.items() for key in keys}
 
-    def embedding_configs(self, dim: int) -> list[EmbeddingConfig]:
+    def embedding_configs(
+        self, dim: int, init: EmbeddingInit = EmbeddingInit.PER_TABLE
+    ) -> list[EmbeddingConfig]:
+        shared = math.sqrt(1 / max(self.rows.values()))
+
+        def bound(table: str) -> float:
+            return shared if init is EmbeddingInit.SHARED else math.sqrt(1 / self.rows[table])
+
         return [
             EmbeddingConfig(
                 name=table,
                 embedding_dim=dim,
                 num_embeddings=self.rows[table],
                 feature_names=list(self.features[table]),
+                weight_init_min=-bound(table),
+                weight_init_max=bound(table),
             )
             for table in self.rows
         ]
@@ -85,10 +108,13 @@ def table_layout(spec: FeatureSpec, max_rows: int, side_features: bool = True) -
 
 
 def embedding_collection(
-    layout: TableLayout, embedding_dim: int, device: torch.device | None = None
+    layout: TableLayout,
+    embedding_dim: int,
+    device: torch.device | None = None,
+    init: EmbeddingInit = EmbeddingInit.PER_TABLE,
 ) -> EmbeddingCollection:
     """One TorchRec EmbeddingCollection holding every table of `layout` at `embedding_dim`."""
-    return EmbeddingCollection(tables=layout.embedding_configs(embedding_dim), device=device)
+    return EmbeddingCollection(tables=layout.embedding_configs(embedding_dim, init), device=device)
 
 
 def row_ids(raw_ids: torch.Tensor, rows: int) -> torch.Tensor:

@@ -293,7 +293,10 @@ def build_model(config: Config, data: Data, group: ProcessGroup) -> Model:
         data.spec, data.model_config.max_table_rows, data.model_config.use_side_features
     )
     sparse_arch = embedding_collection(
-        layout, data.model_config.embedding_dim, torch.device("meta")
+        layout,
+        data.model_config.embedding_dim,
+        torch.device("meta"),
+        data.model_config.embedding_init,
     )
     attach_sparse_optimizer(sparse_arch, config.train)
     model = build_registered_model(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from experiments.learnability import PAIRS, PlantedTask, Rule, main
+from experiments.learnability import PAIRS, Distractor, PlantedTask, Rule, main
 from model.batch import Keys
 from model.synthetic_batch import tiny_feature_spec
 
@@ -54,7 +55,7 @@ def test_presence_rule_keeps_the_second_trigger_only_when_together():
 
 def test_without_distractors_only_the_item_sequence_varies_and_the_draws_are_the_same():
     noisy, noisy_pattern = PlantedTask(SPEC).batch(500, torch.Generator().manual_seed(4))
-    quiet, pattern = PlantedTask(SPEC, distractors=False).batch(
+    quiet, pattern = PlantedTask(SPEC, distractors=frozenset()).batch(
         500, torch.Generator().manual_seed(4)
     )
     assert torch.equal(pattern, noisy_pattern) and torch.equal(quiet.labels, noisy.labels)
@@ -65,6 +66,22 @@ def test_without_distractors_only_the_item_sequence_varies_and_the_draws_are_the
             assert quiet.sparse_features[key].values().unique().numel() == 1, key
             assert noisy.sparse_features[key].values().unique().numel() > 1, key
     assert not quiet.dense_features.any() and noisy.dense_features.std() > 0.5
+
+
+def test_each_distractor_group_varies_only_its_own_inputs():
+    items = {Keys.HISTORY_ITEM, Keys.CANDIDATE_ITEM}
+    categories = {Keys.HISTORY_CATEGORY, Keys.CANDIDATE_CATEGORY}
+    side = {Keys.HISTORY_BEHAVIOR, Keys.HISTORY_TIME_GAP, Keys.HISTORY_WATCH_TIME}
+    for kind in Distractor:
+        batch, _ = PlantedTask(SPEC, distractors=frozenset({kind})).batch(
+            500, torch.Generator().manual_seed(5)
+        )
+        keys = set(batch.sparse_features.keys())
+        varying = {k for k in keys if batch.sparse_features[k].values().unique().numel() > 1}
+        profile = keys - items - categories - side  # demographics and top categories
+        expected = {Distractor.CATEGORY: categories, Distractor.SIDE: side}.get(kind, profile)
+        assert varying - items == expected, kind
+        assert bool(batch.dense_features.any()) == (kind is Distractor.PROFILE), kind
 
 
 def test_strength_zero_labels_are_independent_of_the_pattern():
@@ -82,3 +99,10 @@ def test_the_reference_detector_learns_the_task_and_the_runner_prints_the_table(
     assert "ceiling (the rule's own held-out AUC): 1.0000" in out
     row = next(line for line in out.splitlines() if line.startswith("| reference |"))
     assert float(row.split("|")[2]) > 0.9, out
+
+
+def test_an_unknown_distractor_group_is_refused_naming_the_groups(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--distractors", "side,weather", "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert "category, side, profile" in capsys.readouterr().err

@@ -15,7 +15,12 @@ from model.cain import CAINConfig, MajorAttention, PEGPlacement
 from model.layers.temporal_convolution import PEGMode
 from model.registry import MODELS, build_model, resolve_config
 from model.synthetic_batch import synthetic_batch, tiny_feature_spec
-from model.tables import SIDE_FEATURE_TABLES, embedding_collection, table_layout
+from model.tables import (
+    SIDE_FEATURE_TABLES,
+    EmbeddingInit,
+    embedding_collection,
+    table_layout,
+)
 
 
 def test_the_paper_models_are_registered():
@@ -131,6 +136,24 @@ def test_without_side_features_the_sparse_arch_has_no_side_tables_and_ignores_th
     # A full collection (side tables included) still serves such a model.
     full = embedding_collection(table_layout(spec, 1 << 22), 4)
     build_model("eta", spec, config, sparse_arch=full)
+
+
+@pytest.mark.parametrize("init", list(EmbeddingInit))
+def test_embedding_init_sets_each_tables_bound_and_the_rows_fill_it(init):
+    spec = tiny_feature_spec(num_items=4000)
+    torch.manual_seed(0)
+    model = build_model("lap", spec, {"embedding_dim": 8, "mlp_dims": [8], "embedding_init": init})
+    rows = table_layout(spec, 1 << 22).rows
+    largest = math.sqrt(1 / max(rows.values()))
+    weights = {name.split(".")[-2]: w for name, w in model.sparse_arch.state_dict().items()}
+    for config in model.sparse_arch.embedding_configs():
+        bound = largest if init is EmbeddingInit.SHARED else math.sqrt(1 / rows[config.name])
+        assert config.weight_init_max == pytest.approx(bound) == -config.weight_init_min
+        weight = weights[config.name]
+        assert weight.abs().max() <= bound  # uniform in the bound, and filling it
+        assert weight.abs().max() > 0.5 * bound, config.name
+    if init is EmbeddingInit.PER_TABLE:  # TorchRec's own default, stated
+        assert weights["behavior"].abs().max() > 10 * weights["item"].abs().max()
 
 
 def test_synthetic_batch_is_seeded_and_fits_the_tables():
