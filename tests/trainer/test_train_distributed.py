@@ -6,6 +6,7 @@ Each run trains a tiny CAIN for a few steps on the session's tiny Delta tables.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -542,3 +543,42 @@ def test_scoring_refuses_a_stored_config_this_code_resolves_differently(
     _rewrite_state(copy, change)
     with pytest.raises(CheckpointError, match=message):
         Scorer.from_checkpoint(copy)
+
+
+SHARD_BOUNDS = """
+import sys
+from trainer import main as trainer
+
+config = trainer.parse_arguments(sys.argv[1:])
+group = trainer.start(config)
+model = trainer.build_model(config, trainer.build_data(config, group), group)
+for name, value in model.module.state_dict().items():
+    if ".embeddings." in name and name.endswith(".weight"):
+        for shard in value.local_shards():
+            table = name.split(".")[-2]
+            print(f"table {table} rows {shard.tensor.shape[0]} max {shard.tensor.abs().max()}")
+"""
+
+
+@pytest.mark.parametrize("init", ["per_table", "shared"])
+def test_the_sharded_tables_start_within_their_embedding_init_bounds(tiny_data, tmp_path, init):
+    script = tmp_path / "shard_bounds.py"
+    script.write_text(SHARD_BOUNDS)
+    run_dir = tmp_path / "run"
+    process = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), *_arguments(tiny_data, run_dir, f"model.embedding_init={init}")],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    _ok(process)
+    found = re.findall(r"table (\w+) rows (\d+) max ([\d.e-]+)", process.stdout)
+    tables = {table: (int(rows), float(largest)) for table, rows, largest in found}
+    assert {"item", "category", "behavior"} <= set(tables), process.stdout
+    largest_rows = max(rows for rows, _ in tables.values())
+    for table, (rows, largest) in tables.items():
+        bound = (1 / (largest_rows if init == "shared" else rows)) ** 0.5
+        assert 0.5 * bound < largest <= bound, (table, rows, largest, bound)
