@@ -69,8 +69,10 @@ def torchrun(
     extra_env: dict[str, str] | None = None,
     timeout: int = 240,
     launcher: list[str] | None = None,
+    script: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `torchrun ... trainer/main.py ARGS` from the repo root; returns the finished process."""
+    """Run `torchrun ... trainer/main.py ARGS` (or `script`) from the repo root; returns the
+    finished process."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.update(extra_env or {})
     command = launcher or [
@@ -81,7 +83,7 @@ def torchrun(
         f"--nproc_per_node={nproc}",
     ]
     return subprocess.run(
-        [*command, str(REPO_ROOT / "trainer" / "main.py"), *arguments],
+        [*command, str(script or REPO_ROOT / "trainer" / "main.py"), *arguments],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -6,7 +6,6 @@ Each run trains a tiny CAIN for a few steps on the session's tiny Delta tables.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -564,15 +563,8 @@ for name, value in model.module.state_dict().items():
 def test_the_sharded_tables_start_within_their_embedding_init_bounds(tiny_data, tmp_path, init):
     script = tmp_path / "shard_bounds.py"
     script.write_text(SHARD_BOUNDS)
-    run_dir = tmp_path / "run"
-    process = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), *_arguments(tiny_data, run_dir, f"model.embedding_init={init}")],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
+    process = torchrun(
+        _arguments(tiny_data, tmp_path / "run", f"model.embedding_init={init}"), script=script
     )
     _ok(process)
     found = re.findall(r"table (\w+) rows (\d+) max ([\d.e-]+)", process.stdout)
