@@ -10,8 +10,10 @@ best possible target AUC follows from the strength (0.5 + strength × s/2 vs. 0.
 per user type). The overall test AUC mixes the targets with every ordinary impression, where the
 effect is diluted.
 
-Scores come from the run's final checkpoint (`trainer.predict.Scorer`, one CPU process) on the
-test split; a candidate is a target when its item id is one of the design's target ids.
+Scores come from the run's selected checkpoint (`checkpoints/SELECTED`: the weights its test
+metrics came from, the best epoch's when `train.restore_best` reloaded them;
+`trainer.predict.Scorer`, one CPU process) on the test split; a candidate is a target when its
+item id is one of the design's target ids.
 Writes RUN_DIR/planted_metrics.json: `target_auc`, `target_auc_active`, `target_auc_casual`
 (AUC over the targets of the design's active / other users) and their sample counts.
 
@@ -50,10 +52,10 @@ def target_scores(
     run_dir: Path, data: Path, target_items: set[int], split: str = "test"
 ) -> dict[str, np.ndarray]:
     """user ids, labels and logits of the split's target candidates, scored by the run's model."""
-    latest = checkpoint.Checkpoints(run_dir / "checkpoints").latest()
-    if latest is None:
+    selected = checkpoint.Checkpoints(run_dir / "checkpoints").selected()
+    if selected is None:
         raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    scorer = Scorer.from_checkpoint(latest)
+    scorer = Scorer.from_checkpoint(selected)
     rows = scorer.builder.rows[Keys.CANDIDATE_ITEM]
     if max(target_items) >= rows:
         raise ValueError(

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import run
@@ -232,6 +233,38 @@ def test_planted_metrics_score_exactly_the_target_candidates(data, tmp_path):
     assert result["target_auc_active_samples"] == sum(user <= 12 for user, _ in chosen)
     assert 0.0 <= result["target_auc"] <= 1.0
     assert metrics["target_auc"] == result["target_auc"] and metrics["auc"] == 0.5
+
+
+def test_planted_metrics_score_the_selected_checkpoint_not_the_newest(data, tmp_path):
+    """With `train.restore_best` a run ends on its best epoch's weights, an older checkpoint than
+    its newest: SELECTED names them, and the target AUC must come from them, as the run's test
+    metrics do."""
+    from deltalake import DeltaTable
+
+    from experiments import planted_metrics
+    from trainer.checkpoint import SELECTED, Checkpoints
+
+    rows = DeltaTable(str(data / "samples")).to_pyarrow_table().to_pylist()
+    targets = {
+        item for row in rows if row["split"] == "test" for item in row["candidate_item_id"]
+    }
+    directory = tmp_path / "run"
+    arguments = ["--data", str(data), "--model", "lap", "--output", str(directory), *TINY]
+    every_step = ["train.checkpoint_every=1", "train.keep_checkpoints=3"]
+    assert run.launch([*arguments, *every_step], directory, nproc=1, timeout=300) == 0
+    first, *_, newest = Checkpoints(directory / "checkpoints").complete()
+
+    def scores_with_selected(name: str) -> dict:
+        (directory / "checkpoints" / SELECTED).write_text(name + "\n")
+        return planted_metrics.target_scores(directory, data, targets)
+
+    at_newest = scores_with_selected(newest.name)
+    at_first = scores_with_selected(first.name)
+    assert len(at_first["logits"]) > 0
+    assert (at_first["users"] == at_newest["users"]).all()  # the same candidates, in order
+    assert not np.allclose(at_first["logits"], at_newest["logits"])  # other weights
+    again = scores_with_selected(newest.name)["logits"]
+    assert np.array_equal(again, at_newest["logits"])  # so the difference is the selection
 
 
 def test_the_planted_rule_scores_the_test_targets_from_the_events_table(tmp_path):
