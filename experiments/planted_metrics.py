@@ -39,7 +39,6 @@ from deltalake import DeltaTable
 from contract.feature_spec import FeatureSpec
 from etl.planted_context import PlantedDesign, has_pattern
 from model.batch import Keys
-from trainer import checkpoint
 from trainer.data import SamplesTable, SampleStream, rank_share
 from trainer.metrics import compute_metrics
 from trainer.predict import Scorer
@@ -52,10 +51,7 @@ def target_scores(
     run_dir: Path, data: Path, target_items: set[int], split: str = "test"
 ) -> dict[str, np.ndarray]:
     """user ids, labels and logits of the split's target candidates, scored by the run's model."""
-    selected = checkpoint.Checkpoints(run_dir / "checkpoints").selected()
-    if selected is None:
-        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    scorer = Scorer.from_checkpoint(selected)
+    scorer = Scorer.from_checkpoint(run_dir)  # its SELECTED checkpoint
     rows = scorer.builder.rows[Keys.CANDIDATE_ITEM]
     if max(target_items) >= rows:
         raise ValueError(
