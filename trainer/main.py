@@ -97,6 +97,9 @@ from trainer.optimizers import (
 logger = logging.getLogger("trainer")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "train" / "default.yaml"
 INPUT_ERROR, RUN_ERROR = 2, 3  # exit codes
+# torchrun stops every worker as soon as one exits: how long the other ranks wait on a pre-flight
+# error, so that rank 0 (which finds the same problem) prints its line before it is stopped.
+REPORT_GRACE_S = 30.0
 
 
 class InputError(ValueError):
@@ -661,8 +664,13 @@ def main(argv: list[str] | None = None) -> None:
         check_inputs(config)
     except (*CHECKED_ERRORS, checkpoint.CheckpointError) as error:
         # Every rank finds the same problem: one line from rank 0, the same exit code everywhere.
+        # The other ranks wait first: exiting at once let torchrun stop rank 0 before it printed.
+        # One still running after the wait means rank 0 did not find the problem: it says it.
         if first_rank:
             print(f"error: {error}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(REPORT_GRACE_S)
+            sys.stderr.write(f"error (rank {os.environ['RANK']}): {error}\n")
         sys.exit(INPUT_ERROR)
     succeeded = False
     try:

@@ -11,6 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from contract.feature_spec import FeatureSpec
 from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
+from trainer import main
 from trainer.synthetic_samples import write_synthetic_samples
 
 pytestmark = pytest.mark.distributed
@@ -93,3 +94,17 @@ def test_an_empty_split_in_a_fresh_build_is_refused(tmp_path):
     assert process.returncode != 0
     assert "error: the train split" in process.stderr and "is empty" in process.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_whose_first_rank_found_nothing_reports_the_error_itself(
+    tiny_data, monkeypatch, capfd
+):
+    """Ranks other than 0 wait before exiting (torchrun stops every worker when the first exits,
+    which once cut rank 0's line); still running after the wait, a rank prints the error itself."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(main, "REPORT_GRACE_S", 0.0)
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--data", str(tiny_data), *TINY_OVERRIDES, "train.batch_sizee=5"])
+    assert exit_info.value.code == main.INPUT_ERROR
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[-1].startswith("error (rank 1): ") and "train.batch_sizee" in lines[-1]
