@@ -100,6 +100,9 @@ INPUT_ERROR, RUN_ERROR = 2, 3  # exit codes
 # torchrun stops every worker as soon as one exits: how long the other ranks wait on a pre-flight
 # error, so that rank 0 (which finds the same problem) prints its line before it is stopped.
 REPORT_GRACE_S = 30.0
+# ... and how long a rank waits after its line on an error during the run, so that the other ranks
+# that failed at the same step (a diverged loss stops them all) print theirs too.
+RUN_ERROR_GRACE_S = 2.0
 
 
 class InputError(ValueError):
@@ -682,6 +685,7 @@ def main(argv: list[str] | None = None) -> None:
         # then newline) let another rank's line land in between.
         sys.stderr.write(f"error (rank {rank}): {error}\n")
         sys.stderr.flush()
+        time.sleep(RUN_ERROR_GRACE_S)
         sys.exit(RUN_ERROR)
     finally:
         shutdown_process_group(succeeded=succeeded)
