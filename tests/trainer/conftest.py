@@ -90,3 +90,17 @@ def torchrun(
         text=True,
         timeout=timeout,
     )
+
+
+def main_in_process(arguments: list[str], capfd) -> tuple[int, str]:
+    """`trainer/main.py ARGS` run in this process as rank 0 of one, for a case that must stop
+    before training (a pre-flight error): (its exit code, its stderr). `capfd`: pytest's."""
+    from trainer import main
+
+    capfd.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            patch.delenv(name, raising=False)
+        with pytest.raises(SystemExit) as exit_info:
+            main.main(arguments)
+    return exit_info.value.code, capfd.readouterr().err

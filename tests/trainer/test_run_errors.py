@@ -1,5 +1,9 @@
 """Bad configs and unusable data stop every rank before any process group starts: one line from
-rank 0, exit code 2, no run directory (a regression test per failure users hit under torchrun)."""
+rank 0, exit code 2, no run directory (a regression test per failure users hit under torchrun).
+
+The cases found by two ranks run under a real `torchrun` (what the launcher prints, the ranks'
+race to report); a one-process case runs `main()` in this process, as rank 0 of a run of one:
+the same pre-flight code, without the launcher's ~11 s of imports per case."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from contract.feature_spec import FeatureSpec
-from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
+from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, main_in_process, torchrun
 from trainer import main
 from trainer.synthetic_samples import write_synthetic_samples
 
@@ -66,33 +70,40 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_code_two_and_no_run_directory(case, tiny_data, tmp_path):
+def test_bad_input_is_one_line_exit_code_two_and_no_run_directory(
+    case, tiny_data, tmp_path, capfd
+):
     prepare, overrides, message, nproc = CASES[case]
     data = prepare(tiny_data, tmp_path / "data")
     run_dir = tmp_path / "run"
-    process = torchrun(
-        ["--data", str(data), "--output", str(run_dir), *TINY_OVERRIDES, *overrides], nproc=nproc
-    )
-    assert process.returncode != 0
-    ours = [line for line in process.stderr.splitlines() if line.startswith("error:")]
-    assert len(ours) == 1 and message in ours[0], process.stderr[-3000:]
+    arguments = ["--data", str(data), "--output", str(run_dir), *TINY_OVERRIDES, *overrides]
+    if nproc > 1:
+        process = torchrun(arguments, nproc=nproc)
+        assert process.returncode != 0
+        # the workers' exit code, as torchrun reports it
+        assert "exitcode  : 2" in process.stderr, process.stderr[-3000:]
+        stderr = process.stderr
+    else:
+        code, stderr = main_in_process(arguments, capfd)
+        assert code == main.INPUT_ERROR, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and message in ours[0], stderr[-3000:]
     # No Python traceback from our code on any rank (torchrun adds its own failure summary).
-    assert f'File "{REPO_ROOT / "trainer"}' not in process.stderr
-    assert "exitcode  : 2" in process.stderr  # the workers' exit code, as torchrun reports it
+    assert f'File "{REPO_ROOT / "trainer"}' not in stderr
     assert not run_dir.exists()
 
 
-def test_an_empty_split_in_a_fresh_build_is_refused(tmp_path):
+def test_an_empty_split_in_a_fresh_build_is_refused(tmp_path, capfd):
     """0 train samples (a build of bad input) would train nothing and report auc=NaN."""
     root = tmp_path / "data"
     write_synthetic_samples(root, users=4, days=2)
     train_day = FeatureSpec.read(root).splits["train"].dates[0]
     DeltaTable(str(root / "samples")).delete(f"date = '{train_day}'")
-    process = torchrun(
-        ["--data", str(root), "--output", str(tmp_path / "run"), *TINY_OVERRIDES], nproc=1
+    code, stderr = main_in_process(
+        ["--data", str(root), "--output", str(tmp_path / "run"), *TINY_OVERRIDES], capfd
     )
-    assert process.returncode != 0
-    assert "error: the train split" in process.stderr and "is empty" in process.stderr
+    assert code == main.INPUT_ERROR
+    assert "error: the train split" in stderr and "is empty" in stderr
     assert not (tmp_path / "run").exists()
 
 

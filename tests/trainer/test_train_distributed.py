@@ -17,7 +17,7 @@ import torch
 from deltalake import DeltaTable
 
 from contract.feature_spec import FeatureSpec
-from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, torchrun
+from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, main_in_process, torchrun
 from trainer.synthetic_samples import write_synthetic_samples
 
 pytestmark = pytest.mark.distributed
@@ -130,11 +130,12 @@ def test_corrupted_shard_is_an_error_naming_the_file(tiny_data, tmp_path, refere
 
 
 def test_a_run_directory_with_checkpoints_refuses_a_fresh_run_and_other_data(
-    tiny_data, tmp_path, reference_run
+    tiny_data, tmp_path, reference_run, capfd
 ):
     """train.resume=false there would prune its own checkpoints (the earlier run's steps are
     newer); a resume on another version of the data would continue from a position in other
-    files. Both stop before any work, exit code 2, the checkpoints untouched."""
+    files. Both stop before any work (pre-flight: run in this process, tests/trainer/
+    test_run_errors.py has the launcher's side), exit code 2, the checkpoints untouched."""
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run[0] / "checkpoints", run_dir / "checkpoints")
     before = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
@@ -146,10 +147,12 @@ def test_a_run_directory_with_checkpoints_refuses_a_fresh_run_and_other_data(
         (tiny_data, ["train.resume=false"], "holds an earlier run's checkpoints"),
         (changed, [], "a resume continues from a position in its own data"),
     ):
-        process = torchrun(_arguments(data, run_dir, "train.max_steps=16", *overrides))
-        ours = [line for line in process.stderr.splitlines() if line.startswith("error:")]
-        assert len(ours) == 1 and message in ours[0], process.stderr[-3000:]
-        assert "exitcode  : 2" in process.stderr
+        code, stderr = main_in_process(
+            _arguments(data, run_dir, "train.max_steps=16", *overrides), capfd
+        )
+        ours = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(ours) == 1 and message in ours[0], stderr[-3000:]
+        assert code == 2
         assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
         assert not (run_dir / "metrics.json").exists()
 
@@ -352,9 +355,9 @@ def test_checkpoints_store_the_resolved_model_config_and_code_version(reference_
 
 
 def test_warm_start_refuses_a_checkpoint_of_another_model_config(
-    tiny_data, tmp_path, reference_run
+    tiny_data, tmp_path, reference_run, capfd
 ):
-    process = torchrun(
+    code, stderr = main_in_process(
         _arguments(
             tiny_data,
             tmp_path / "run",
@@ -362,10 +365,10 @@ def test_warm_start_refuses_a_checkpoint_of_another_model_config(
             f"train.warm_start={reference_run[0]}",
             "model.context_length=3",  # the reference run used the default 7
         ),
-        nproc=1,
+        capfd,
     )
-    assert process.returncode != 0
-    assert "context_length: 7 -> 3" in process.stderr
+    assert code == 2
+    assert "context_length: 7 -> 3" in stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -548,29 +551,31 @@ SHARD_BOUNDS = """
 import sys
 from trainer import main as trainer
 
-config = trainer.parse_arguments(sys.argv[1:])
-group = trainer.start(config)
-model = trainer.build_model(config, trainer.build_data(config, group), group)
-for name, value in model.module.state_dict().items():
-    if ".embeddings." in name and name.endswith(".weight"):
-        for shard in value.local_shards():
-            table = name.split(".")[-2]
-            print(f"table {table} rows {shard.tensor.shape[0]} max {shard.tensor.abs().max()}")
+for init in ("per_table", "shared"):
+    config = trainer.parse_arguments([*sys.argv[1:], f"model.embedding_init={init}"])
+    if init == "per_table":
+        group = trainer.start(config)
+    model = trainer.build_model(config, trainer.build_data(config, group), group)
+    for name, value in model.module.state_dict().items():
+        if ".embeddings." in name and name.endswith(".weight"):
+            for shard in value.local_shards():
+                table = name.split(".")[-2]
+                print(f"{init} table {table} rows {shard.tensor.shape[0]} "
+                      f"max {shard.tensor.abs().max()}")
 """
 
 
-@pytest.mark.parametrize("init", ["per_table", "shared"])
-def test_the_sharded_tables_start_within_their_embedding_init_bounds(tiny_data, tmp_path, init):
+def test_the_sharded_tables_start_within_their_embedding_init_bounds(tiny_data, tmp_path):
+    """Both inits in one launch (the script builds the sharded model twice)."""
     script = tmp_path / "shard_bounds.py"
     script.write_text(SHARD_BOUNDS)
-    process = torchrun(
-        _arguments(tiny_data, tmp_path / "run", f"model.embedding_init={init}"), script=script
-    )
+    process = torchrun(_arguments(tiny_data, tmp_path / "run"), script=script)
     _ok(process)
-    found = re.findall(r"table (\w+) rows (\d+) max ([\d.e-]+)", process.stdout)
-    tables = {table: (int(rows), float(largest)) for table, rows, largest in found}
-    assert {"item", "category", "behavior"} <= set(tables), process.stdout
-    largest_rows = max(rows for rows, _ in tables.values())
-    for table, (rows, largest) in tables.items():
-        bound = (1 / (largest_rows if init == "shared" else rows)) ** 0.5
-        assert 0.5 * bound < largest <= bound, (table, rows, largest, bound)
+    for init in ("per_table", "shared"):
+        found = re.findall(rf"{init} table (\w+) rows (\d+) max ([\d.e-]+)", process.stdout)
+        tables = {table: (int(rows), float(largest)) for table, rows, largest in found}
+        assert {"item", "category", "behavior"} <= set(tables), process.stdout
+        largest_rows = max(rows for rows, _ in tables.values())
+        for table, (rows, largest) in tables.items():
+            bound = (1 / (largest_rows if init == "shared" else rows)) ** 0.5
+            assert 0.5 * bound < largest <= bound, (init, table, rows, largest, bound)
