@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 import torch
@@ -41,30 +42,44 @@ def _row_after_steps(config: TrainConfig, gradient_scale: float) -> tuple[list, 
     return before.tolist(), after.tolist()
 
 
-def _worker(_rank: int, options: dict, gradient_scale: float, queue) -> None:
-    queue.put(_row_after_steps(TrainConfig(**options), gradient_scale))
+# case -> (gradient scale, TrainConfig options)
+CASES = {
+    "decay": (0.0, {"sparse_lr": 0.05, "sparse_weight_decay": 0.1}),
+    "no decay": (0.0, {"sparse_lr": 0.05}),
+    "plain": (1e-3, {"sparse_lr": 0.05}),
+    "damped": (1e-3, {"sparse_lr": 0.05, "sparse_eps": 1e-2}),
+}
 
 
-def _run(gradient_scale: float = 0.0, **options) -> tuple[torch.Tensor, torch.Tensor]:
+def _worker(_rank: int, cases: dict, queue) -> None:
+    rows = {}
+    for name, (gradient_scale, options) in cases.items():
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+            os.environ.pop(key, None)  # a fresh one-process group per case, on a new port
+        rows[name] = _row_after_steps(TrainConfig(**options), gradient_scale)
+    queue.put(rows)
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each case's row before and after, from one spawned process (its imports take ~8 s)."""
     queue = multiprocessing.get_context("spawn").Queue()
-    mp.start_processes(
-        _worker, args=(options, gradient_scale, queue), nprocs=1, start_method="spawn"
-    )
-    before, after = queue.get(timeout=120)
-    return torch.tensor(before), torch.tensor(after)
+    mp.start_processes(_worker, args=(CASES, queue), nprocs=1, start_method="spawn")
+    return {name: (torch.tensor(before), torch.tensor(after))
+            for name, (before, after) in queue.get(timeout=120).items()}
 
 
-def test_sparse_weight_decay_shrinks_a_looked_up_row_by_lr_times_decay_per_step():
-    before, after = _run(sparse_lr=0.05, sparse_weight_decay=0.1)
+def test_sparse_weight_decay_shrinks_a_looked_up_row_by_lr_times_decay_per_step(rows):
+    before, after = rows["decay"]
     # no loss gradient: only the decoupled decay moves the row, by (1 - lr x decay) per step
     assert torch.allclose(after, before * (1 - 0.05 * 0.1) ** STEPS, rtol=1e-5)
-    untouched_before, untouched_after = _run(sparse_lr=0.05)
+    untouched_before, untouched_after = rows["no decay"]
     assert torch.equal(untouched_before, untouched_after)
 
 
-def test_a_larger_sparse_eps_damps_the_updates_of_small_gradients():
-    plain_before, plain_after = _run(1e-3, sparse_lr=0.05)
-    damped_before, damped_after = _run(1e-3, sparse_lr=0.05, sparse_eps=1e-2)
+def test_a_larger_sparse_eps_damps_the_updates_of_small_gradients(rows):
+    plain_before, plain_after = rows["plain"]
+    damped_before, damped_after = rows["damped"]
     assert torch.equal(plain_before, damped_before)
     plain_step = (plain_after - plain_before).abs().max()
     damped_step = (damped_after - damped_before).abs().max()
