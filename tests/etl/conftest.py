@@ -6,7 +6,9 @@ tiny end-to-end builds are session-scoped; tests only read them.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -63,3 +65,23 @@ def full_build(spark, raw_log, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("full")
     build_sequences.run(build_sequences.parse_args(build_args(raw_log, root)))
     return root
+
+
+class DailyBuild(NamedTuple):
+    root: Path  # after every day's run, the last day's twice
+    first_day: Path  # a copy of ROOT taken after the first day's run
+
+
+@pytest.fixture(scope="session")
+def daily_build(spark, raw_log, tmp_path_factory) -> DailyBuild:
+    """`build_sequences --date D` (not incremental) for each day in order, the last day run
+    twice, into one ROOT; tests that start from day 1 alone copy `first_day`."""
+    from etl import build_sequences
+
+    directory = tmp_path_factory.mktemp("daily")
+    root, first_day = directory / "root", directory / "first_day"
+    for day in (*DAYS, DAYS[-1]):
+        build_sequences.run(build_sequences.parse_args(build_args(raw_log, root, "--date", day)))
+        if not first_day.exists():
+            shutil.copytree(root, first_day)
+    return DailyBuild(root, first_day)

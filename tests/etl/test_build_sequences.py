@@ -141,15 +141,11 @@ def test_candidates_match_the_reference_sampler(full_build):
     assert 0 < dropped < len(expected) / 5
 
 
-def test_daily_runs_are_idempotent_and_add_up_to_the_full_build(
-    spark, full_build, raw_log, build_cli, tmp_path
-):
-    for day in (*DAYS, DAYS[-1]):  # the last day twice
-        args = build_sequences.parse_args(build_cli(raw_log, tmp_path, "--date", day))
-        build_sequences.run(args)
+def test_daily_runs_are_idempotent_and_add_up_to_the_full_build(full_build, daily_build):
+    root = daily_build.root  # --date D for each day, the last day twice
     for name in ("events", "quarantine", "samples", "profiles"):
-        assert canonical(tmp_path, name) == canonical(full_build, name), name
-    daily, full = FeatureSpec.read(tmp_path), FeatureSpec.read(full_build)
+        assert canonical(root, name) == canonical(full_build, name), name
+    daily, full = FeatureSpec.read(root), FeatureSpec.read(full_build)
     # File names are random; the per-file sample counts must agree file for file in content.
     assert sorted(map(sorted_items, daily.file_samples.values())) == sorted(
         map(sorted_items, full.file_samples.values())
@@ -157,8 +153,8 @@ def test_daily_runs_are_idempotent_and_add_up_to_the_full_build(
     assert replace(daily, file_samples={}) == replace(full, file_samples={})
     # Each new day moved the day before from test to train by a Delta UPDATE that rewrote that
     # day's files only: data skipping passed over every other file (no row copied unchanged).
-    rows_per_day = Counter(row["date"] for row in table(tmp_path, "samples"))
-    updates = [commit["operationMetrics"] for commit in DeltaTable(str(tmp_path / "samples"))
+    rows_per_day = Counter(row["date"] for row in table(root, "samples"))
+    updates = [commit["operationMetrics"] for commit in DeltaTable(str(root / "samples"))
                .history() if commit["operation"] == "UPDATE"]
     assert sorted(int(update["numUpdatedRows"]) for update in updates) == sorted(
         rows_per_day[day] for day in DAYS[:-1])

@@ -179,21 +179,21 @@ def test_day_by_day_incremental_builds_equal_the_full_build(
 
 @pytest.mark.spark
 def test_maintenance_on_the_state_table_does_not_break_the_daily_chain(
-    spark, full_build, raw_log, build_cli, tmp_path
+    spark, full_build, daily_build, raw_log, build_cli, tmp_path
 ):
     """OPTIMIZE and a table property set on `state` between two days (commits without this job's
     metadata) used to stop the next --incremental run ("the newest state is as of None")."""
-    assert build_sequences.main(build_cli(raw_log, tmp_path, "--date", DAYS[0])) == 0
-    path = tmp_path / "state"
+    root = shutil.copytree(daily_build.first_day, tmp_path / "root")  # --date DAYS[0] alone
+    path = root / "state"
     spark.sql(f"OPTIMIZE delta.`{path}`")
     spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.logRetentionDuration' = "
               "'interval 60 days')")
     newest = DeltaTable(str(path)).history(1)[0]
     assert newest["operation"] == "SET TBLPROPERTIES" and not newest.get("userMetadata")
-    code = build_sequences.main(build_cli(raw_log, tmp_path, "--date", DAYS[1], "--incremental"))
+    code = build_sequences.main(build_cli(raw_log, root, "--date", DAYS[1], "--incremental"))
     assert code == 0
     for name in ("events", "samples", "profiles"):
-        assert canonical(tmp_path, name) == canonical(full_build, name, DAYS[:2]), name
+        assert canonical(root, name) == canonical(full_build, name, DAYS[:2]), name
 
 
 @pytest.mark.spark
