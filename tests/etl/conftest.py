@@ -78,10 +78,13 @@ def daily_build(spark, raw_log, tmp_path_factory) -> DailyBuild:
     twice, into one ROOT; tests that start from day 1 alone copy `first_day`."""
     from etl import build_sequences
 
+    def build(day: str) -> None:
+        build_sequences.run(build_sequences.parse_args(build_args(raw_log, root, "--date", day)))
+
     directory = tmp_path_factory.mktemp("daily")
     root, first_day = directory / "root", directory / "first_day"
-    for day in (*DAYS, DAYS[-1]):
-        build_sequences.run(build_sequences.parse_args(build_args(raw_log, root, "--date", day)))
-        if not first_day.exists():
-            shutil.copytree(root, first_day)
+    build(DAYS[0])
+    shutil.copytree(root, first_day)
+    for day in (*DAYS[1:], DAYS[-1]):
+        build(day)
     return DailyBuild(root, first_day)

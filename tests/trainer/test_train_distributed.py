@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 
 from contract.feature_spec import FeatureSpec
 from tests.trainer.conftest import REPO_ROOT, TINY_OVERRIDES, main_in_process, torchrun
+from trainer import main
 from trainer.synthetic_samples import write_synthetic_samples
 
 pytestmark = pytest.mark.distributed
@@ -152,7 +153,7 @@ def test_a_run_directory_with_checkpoints_refuses_a_fresh_run_and_other_data(
         )
         ours = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert len(ours) == 1 and message in ours[0], stderr[-3000:]
-        assert code == 2
+        assert code == main.INPUT_ERROR
         assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == before
         assert not (run_dir / "metrics.json").exists()
 
@@ -367,7 +368,7 @@ def test_warm_start_refuses_a_checkpoint_of_another_model_config(
         ),
         capfd,
     )
-    assert code == 2
+    assert code == main.INPUT_ERROR
     assert "context_length: 7 -> 3" in stderr
     assert not (tmp_path / "run").exists()
 
@@ -551,10 +552,9 @@ SHARD_BOUNDS = """
 import sys
 from trainer import main as trainer
 
+group = trainer.start(trainer.parse_arguments(sys.argv[1:]))
 for init in ("per_table", "shared"):
     config = trainer.parse_arguments([*sys.argv[1:], f"model.embedding_init={init}"])
-    if init == "per_table":
-        group = trainer.start(config)
     model = trainer.build_model(config, trainer.build_data(config, group), group)
     for name, value in model.module.state_dict().items():
         if ".embeddings." in name and name.endswith(".weight"):
