@@ -6,7 +6,9 @@ tiny end-to-end builds are session-scoped; tests only read them.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +20,7 @@ from etl import synthetic
 START, END = "2017-11-25", "2017-11-27"
 DAYS = ("2017-11-25", "2017-11-26", "2017-11-27")
 MAX_LEN = 30  # short, so that some timelines are cut
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -58,33 +61,50 @@ def build_cli():
 
 
 @pytest.fixture(scope="session")
-def full_build(spark, raw_log, tmp_path_factory) -> Path:
-    """`build_sequences` over the whole range, default cain protocol."""
-    from etl import build_sequences
-
-    root = tmp_path_factory.mktemp("full")
-    build_sequences.run(build_sequences.parse_args(build_args(raw_log, root)))
+def full_build(raw_log, tmp_path_factory) -> Path:
+    """`build_sequences` over the whole range, default cain protocol, as users run it: a plain
+    `spark-submit etl/build_sequences.py` after `source scripts/setup_env.sh` (no wrapper, and no
+    SPARK_CONF_DIR inherited: setup_env.sh's brings the Delta package and confs). The driver's
+    TMPDIR is ROOT's sibling `tmp`."""
+    directory = tmp_path_factory.mktemp("full")
+    root, temporary = directory / "root", directory / "tmp"
+    temporary.mkdir()
+    command = "source scripts/setup_env.sh >/dev/null && spark-submit " + " ".join(
+        ["etl/build_sequences.py", *build_args(raw_log, root)])
+    env = {key: value for key, value in os.environ.items() if key != "SPARK_CONF_DIR"}
+    env["TMPDIR"] = str(temporary)
+    result = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
     return root
 
 
 class DailyBuild(NamedTuple):
-    root: Path  # after every day's run, the last day's twice
+    root: Path  # after the whole chain (DAILY_CHAIN)
     first_day: Path  # a copy of ROOT taken after the first day's run
+    rerun_by_date: Path  # a copy of ROOT taken after the last day's rerun without --incremental
+
+
+# A daily pipeline's runs, in order: the first day without state, each next day on the state of
+# the day before (Delta MERGE), then the last day rerun twice: from the whole history (no
+# --incremental: the state is rebuilt), then incrementally (it starts from the state as of the
+# day before, not from its own).
+DAILY_CHAIN = ((DAYS[0], False), (DAYS[1], True), (DAYS[2], True), (DAYS[2], False),
+               (DAYS[2], True))
 
 
 @pytest.fixture(scope="session")
 def daily_build(spark, raw_log, tmp_path_factory) -> DailyBuild:
-    """`build_sequences --date D` (not incremental) for each day in order, the last day run
-    twice, into one ROOT; tests that start from day 1 alone copy `first_day`."""
+    """`build_sequences --date D [--incremental]` for each step of DAILY_CHAIN into one ROOT;
+    copies of ROOT after the first and the fourth run."""
     from etl import build_sequences
 
-    def build(day: str) -> None:
-        build_sequences.run(build_sequences.parse_args(build_args(raw_log, root, "--date", day)))
-
     directory = tmp_path_factory.mktemp("daily")
-    root, first_day = directory / "root", directory / "first_day"
-    build(DAYS[0])
-    shutil.copytree(root, first_day)
-    for day in (*DAYS[1:], DAYS[-1]):
-        build(day)
-    return DailyBuild(root, first_day)
+    copies = {0: directory / "first_day", 3: directory / "rerun_by_date"}
+    root = directory / "root"
+    for step, (day, incremental) in enumerate(DAILY_CHAIN):
+        extra = ["--date", day, *(["--incremental"] if incremental else [])]
+        build_sequences.run(build_sequences.parse_args(build_args(raw_log, root, *extra)))
+        if step in copies:
+            shutil.copytree(root, copies[step])
+    return DailyBuild(root, copies[0], copies[3])

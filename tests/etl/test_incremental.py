@@ -161,20 +161,16 @@ def test_maintenance_commits_keep_the_state_of_the_day_and_are_where_to_read_it(
 # -- Spark: the whole job ---------------------------------------------------------------
 
 @pytest.mark.spark
-def test_day_by_day_incremental_builds_equal_the_full_build(
-    spark, full_build, raw_log, build_cli, tmp_path
-):
-    """From the range's first day (no state needed), then each day on the state of the day
-    before (Delta MERGE); the last day twice (a rerun starts from the state as of the day before,
-    not from its own)."""
-    for day in (*DAYS, DAYS[-1]):
-        code = build_sequences.main(build_cli(raw_log, tmp_path, "--date", day, "--incremental"))
-        assert code == 0
-    for name in TABLES:
-        assert canonical(tmp_path, name) == canonical(full_build, name), name
-    operations = DeltaTable(str(tmp_path / "state")).history()
+def test_day_by_day_incremental_builds_equal_the_full_build(full_build, daily_build):
+    """conftest.DAILY_CHAIN: the range's first day (no state needed), then each day on the state
+    of the day before (Delta MERGE); the last day rerun from the whole history (the state is
+    rebuilt), then incrementally (from the state as of the day before, not from its own)."""
+    for root in (daily_build.rerun_by_date, daily_build.root):
+        for name in TABLES:
+            assert canonical(root, name) == canonical(full_build, name), (root, name)
+    operations = DeltaTable(str(daily_build.root / "state")).history()
     assert [entry["operation"] for entry in operations][::-1] == [
-        "WRITE", "MERGE", "MERGE", "WRITE"]
+        "WRITE", "MERGE", "MERGE", "WRITE", "WRITE"]
 
 
 @pytest.mark.spark
