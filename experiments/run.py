@@ -11,7 +11,7 @@ time) writing DIR/VARIANT/seed_S/ (metrics.json, config.yaml, train.log); seeds 
 where it stopped. Each run prints a progress line with its metrics, the elapsed time and an ETA.
 With --planted RAW/planted.json (planted data) each run
 also gets its AUC on the target impressions (experiments/planted_metrics.py, in the table too).
-At the end (and after every run) DIR/results.json, DIR/results.md (the table of
+At the end, and before and after every run, DIR/results.json, DIR/results.md (the table of
 experiments/report.py) and, for figure suites, DIR/SUITE.png are written. Failed runs are listed
 and make the exit code 1; the others still run. With --variants only those run (plus the
 baseline and their references); the table also holds the other variants' finished runs in DIR
@@ -416,6 +416,9 @@ def run_suite(suite: Suite, settings: RunSettings, log=print) -> tuple[list[RunR
             runs.append(RunResult(variant.name, seed, metrics))
             log(f"{label}: skipped, finished earlier (auc={metrics['auc']:.4f})")
             continue
+        # The table of every run finished so far, skipped ones included, before hours of this
+        # one: a runner killed during it leaves no finished run out of results.md.
+        write_results(suite, settings, runs, failed)
         run_start = time.monotonic()
         code = launch(
             trainer_arguments(suite, variant, seed, settings, tables_max_len),

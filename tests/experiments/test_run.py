@@ -51,7 +51,7 @@ def settings(data: Path, output: Path) -> run.RunSettings:
     )
 
 
-def test_a_suite_runs_every_variant_and_seed_then_resumes(data, tmp_path):
+def test_a_suite_runs_every_variant_and_seed_then_resumes(data, tmp_path, monkeypatch):
     lines: list[str] = []
     runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
     assert failed == [] and len(runs) == 4
@@ -88,6 +88,24 @@ def test_a_suite_runs_every_variant_and_seed_then_resumes(data, tmp_path):
     runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
     assert len(runs) == 4 and sum("skipped" in line for line in lines) == 3
     assert (tmp_path / "context_1" / "seed_2" / "metrics.json").exists()
+
+    # A runner killed during a run has already written the table of the runs finished so far,
+    # the skipped ones included.
+    (tmp_path / "context_1" / "seed_2" / "metrics.json").unlink()
+    (tmp_path / "results.json").unlink()
+
+    def killed(*arguments):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "launch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
+    monkeypatch.undo()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((r["variant"], r["seed"]) for r in results["runs"]) == [
+        ("context_1", 1), ("no_context", 1), ("no_context", 2)]
+    runs, failed = run.run_suite(SUITE, settings(data, tmp_path), log=lines.append)
+    assert failed == [] and len(runs) == 4
 
     # Other settings into the same output: refused before anything runs (a finished run would
     # be skipped, an unfinished one resumed, under the old settings).
