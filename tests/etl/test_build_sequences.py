@@ -36,10 +36,6 @@ def table(root: Path, name: str) -> list[dict]:
     return DeltaTable(str(root / name)).to_pyarrow_table().to_pylist()
 
 
-def canonical(root: Path, name: str) -> list[tuple]:
-    return sorted(tuple(repr(v) for v in row.values()) for row in table(root, name))
-
-
 def test_tables_follow_the_contract(full_build, raw_log):
     samples = DeltaTable(str(full_build / "samples"))
     written = pa.schema(samples.schema().to_arrow())
@@ -141,13 +137,12 @@ def test_candidates_match_the_reference_sampler(full_build):
     assert 0 < dropped < len(expected) / 5
 
 
-def test_daily_runs_are_idempotent_and_add_up_to_the_full_build(full_build, daily_build):
+def test_daily_runs_are_idempotent_and_write_the_full_builds_spec(full_build, daily_build):
     """Day runs (conftest.DAILY_CHAIN: --date D, with and without --incremental, the last day
-    rerun both ways) give the full build's rows and spec, after either rerun."""
+    rerun both ways) give the full build's spec, after either rerun (their rows:
+    test_incremental.test_day_by_day_incremental_builds_equal_the_full_build)."""
     full = FeatureSpec.read(full_build)
     for root in (daily_build.rerun_by_date, daily_build.root):
-        for name in ("events", "quarantine", "samples", "profiles"):
-            assert canonical(root, name) == canonical(full_build, name), (root, name)
         daily = FeatureSpec.read(root)
         # File names are random; the per-file sample counts must agree file for file in content.
         assert sorted(map(sorted_items, daily.file_samples.values())) == sorted(
